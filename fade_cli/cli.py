@@ -1,0 +1,399 @@
+"""The `fade` command: thin parsing and printing around the library; no method logic here.
+
+Exit status: 0 every image processed, 1 some inputs failed (one stderr line each), 2 usage
+or set-up errors (bad options, model or prompt bank cannot load), 130 interrupted.
+Results go to stdout as JSON lines; logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM_WEIGHTS
+from .config import FadeConfig
+from .errors import FadeError, ImageError, UsageError
+from .io import DEFAULT_MAX_PIXELS, InputItem, common_base, expand_inputs, load_image, output_stem, overlay, save_npy, save_png
+
+app = typer.Typer(
+    name="fade",
+    help="Training-free industrial anomaly detection and segmentation with CLIP (FADE).\n\n"
+    "Zero-shot from language alone, or few-shot from a handful of good reference images (--refs).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Failures:
+    """Counts and reports per-input failures as `fade: <path>: <reason>` on stderr."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, path: Path | str, reason: str) -> None:
+        self.count += 1
+        print(f"fade: {path}: {reason}", file=sys.stderr, flush=True)
+
+
+def _split_list(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
+
+
+def _parse_scales(text: str) -> tuple[int, ...]:
+    try:
+        scales = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--scales {text!r}: expected comma-separated integers like 240,448,896") from None
+    if not scales:
+        raise UsageError("--scales: at least one scale is needed")
+    return scales
+
+
+# ---- shared options -------------------------------------------------------------------------
+ImagesArg = Annotated[list[str], typer.Argument(help="Image files, directories (searched recursively), globs, or - to read paths from stdin.", show_default=False)]
+ClassOpt = Annotated[str, typer.Option("--class", "-c", help="Product class name used in the classification prompts (underscores become spaces), e.g. bottle, metal_nut.")]
+RefsOpt = Annotated[Optional[list[str]], typer.Option("--refs", "-r", help="Good reference image(s) for few-shot mode: a file, a directory or a quoted glob ('good/*.png'). Repeat for more.", show_default=False)]
+ShotsOpt = Annotated[Optional[int], typer.Option("--shots", "-k", min=1, help="Use k of the --refs images, chosen as the official FADE code does for --shots-seed (sorted by path, then a seeded shuffle). Default: all.")]
+SeedOpt = Annotated[int, typer.Option("--shots-seed", help="Seed that chooses the --shots references.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip model name, or a path to an open_clip model-config JSON.")]
+PretrainedOpt = Annotated[str, typer.Option("--pretrained", "-p", help="open_clip pretrained tag (downloaded once into the hub cache), a local checkpoint file (.pt/.bin/.safetensors), or 'none' for random weights (testing only).")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, or fp16/bf16 autocast on CUDA.")]
+ScalesOpt = Annotated[str, typer.Option("--scales", help="Segmentation input sizes in pixels (multiples of the patch size), comma-separated.")]
+ClsScaleOpt = Annotated[int, typer.Option("--cls-scale", help="Input size for the image-level (CLS) classification.")]
+ClsPromptsOpt = Annotated[Optional[list[str]], typer.Option("--cls-prompts", help="Prompt banks for classification: shipped names or JSON paths (ours or the official FADE format), comma-separated or repeated. Default: winclip.", show_default=False)]
+SegPromptsOpt = Annotated[Optional[list[str]], typer.Option("--seg-prompts", help="Prompt banks for segmentation. Default: winclip,fade-llm.", show_default=False)]
+MultOpt = Annotated[Optional[float], typer.Option("--vision-multiplier", help="Calibration factor m of the vision map. Default: 80 zero-shot, 3.5 few-shot.", show_default=False)]
+WeightOpt = Annotated[Optional[float], typer.Option("--vision-weight", min=0.0, max=1.0, help="Weight w of the vision map: map = (1-w)*language + w*m*vision. Default: 0.5 zero-shot, 0.85 few-shot.", show_default=False)]
+VisFeatOpt = Annotated[Optional[str], typer.Option("--vision-feature", help="Patch features for vision guidance: gem or clip. Default: gem zero-shot, clip few-shot.", show_default=False)]
+SegModeOpt = Annotated[str, typer.Option("--segmentation-mode", help="language, vision or both.")]
+ClsModeOpt = Annotated[str, typer.Option("--classification-mode", help="language, vision (needs references) or both.")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", "-t", help="Image score at or above which an image is labelled anomalous.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where text embeddings are cached. Default: $FADE_CACHE_DIR or ~/.cache/fade.", show_default=False)]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels than this (decompression-bomb guard).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr (errors are still printed).")]
+
+
+def _progress(total: int, quiet: bool) -> Progress | None:
+    if quiet or not sys.stderr.isatty():
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err, transient=True,
+    )
+
+
+def _log(quiet: bool, message: str) -> None:
+    if not quiet:
+        err.print(f"fade: {message}")
+
+
+def _resolve_model_name(model: str) -> str:
+    """A path to a model-config JSON registers it with open_clip under its file stem."""
+    path = Path(model)
+    if model.endswith(".json"):
+        if not path.is_file():
+            raise UsageError(f"--model {model}: no such model-config file")
+        import open_clip
+
+        open_clip.add_model_config(path)
+        return path.stem
+    return model
+
+
+def _next_sibling(path: Path) -> Path | None:
+    siblings = sorted(p.absolute() for p in path.absolute().parent.glob(f"*{path.suffix}"))
+    here = siblings.index(path.absolute()) if path.absolute() in siblings else -1
+    return siblings[here + 1] if 0 <= here < len(siblings) - 1 else None
+
+
+def _references(refs: list[str], shots: int | None, seed: int, images: list[InputItem]) -> list[Path]:
+    items = expand_inputs(refs)
+    bad = [i for i in items if i.error]
+    if bad:
+        raise UsageError(f"--refs {bad[0].path}: {bad[0].error}")
+    paths = sorted({i.path for i in items})
+    # A shell-expanded `--refs good/*.png` gives --refs only the first match and turns the other
+    # matches into query images. Its signature: one --refs file, and the first query image is
+    # the next file of the same folder. Refuse that instead of silently doing the wrong thing.
+    first = next((i.path for i in images if not i.error), None)
+    if len(refs) == 1 and len(paths) == 1 and first is not None and _next_sibling(paths[0]) == first.absolute():
+        raise UsageError(
+            f"--refs {refs[0]}: the next file of its folder is the first input image; did the shell expand a glob? "
+            f"Quote it (--refs '{paths[0].parent}/*{paths[0].suffix}') or pass the folder (--refs {paths[0].parent}/)"
+        )
+    if shots is not None:
+        from .memory import sample_reference_indices
+
+        if shots > len(paths):
+            raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
+        paths = [paths[i] for i in sample_reference_indices(len(paths), shots, seed)]
+    return paths
+
+
+def _run(
+    *,
+    images: list[str],
+    class_name: str,
+    refs: list[str] | None,
+    shots: int | None,
+    shots_seed: int,
+    model: str,
+    pretrained: str,
+    device: str,
+    precision: str,
+    scales: str,
+    cls_scale: int,
+    cls_prompts: list[str] | None,
+    seg_prompts: list[str] | None,
+    vision_multiplier: float | None,
+    vision_weight: float | None,
+    vision_feature: str | None,
+    segmentation_mode: str,
+    classification_mode: str,
+    threshold: float,
+    batch_size: int,
+    cache_dir: Path | None,
+    no_cache: bool,
+    max_pixels: int,
+    quiet: bool,
+    out: Path | None = None,
+    pixel_threshold: float = 0.5,
+) -> int:
+    from .backbone import load_backbone
+    from .pipeline import FadePipeline, build_reference_bank
+    from .prompts import TextEncoderCache
+
+    items = expand_inputs(images)
+    if not items:
+        raise UsageError("no input images given")
+    failures = Failures()
+    for item in items:
+        if item.error:
+            failures.report(item.path, item.error)
+    todo = [i.path for i in items if not i.error]
+    ref_paths = _references(refs, shots, shots_seed, items) if refs else []
+
+    defaults = FadeConfig()
+    config = FadeConfig(
+        cls_scale=cls_scale,
+        seg_scales=_parse_scales(scales),
+        cls_prompts=_split_list(cls_prompts) or defaults.cls_prompts,
+        seg_prompts=_split_list(seg_prompts) or defaults.seg_prompts,
+        classification=classification_mode,
+        segmentation=segmentation_mode,
+        vision_feature=vision_feature,
+        vision_multiplier=vision_multiplier,
+        vision_weight=vision_weight,
+    )
+    problems = config.check()
+    if problems:
+        raise UsageError(problems[0])
+
+    t0 = time.perf_counter()
+    model_name = _resolve_model_name(model)
+    backbone = load_backbone(model_name, pretrained, device, precision)
+    _log(quiet, f"loaded {model_name} ({pretrained}) on {backbone.device}")
+    cache = TextEncoderCache(backbone, cache_dir, frame=config.text_frame, enabled=not no_cache)
+    reference_bank = None
+    if ref_paths:
+        few = config.resolved(few_shot=True)
+        _log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, few.seg_scales))} px")
+        ref_images = []
+        for p in ref_paths:
+            try:
+                ref_images.append(load_image(p, max_pixels))
+            except ImageError as exc:
+                raise UsageError(f"reference {p}: {exc}") from None
+        reference_bank = build_reference_bank(backbone, ref_images, few.seg_scales, few.vision_feature,
+                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+    pipeline = FadePipeline.from_config(backbone, config, class_name, reference_bank, cache)
+    _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({'%d-shot' % len(ref_paths) if ref_paths else 'zero-shot'}, "
+                f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
+
+    base = common_base(todo) if todo else Path.cwd()
+    progress = _progress(len(todo), quiet)
+    task = progress.add_task("scoring", total=len(todo)) if progress else None
+    if progress:
+        progress.start()
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch_paths, batch_images = [], []
+            for p in todo[start : start + batch_size]:
+                try:
+                    batch_images.append(load_image(p, max_pixels))
+                    batch_paths.append(p)
+                except ImageError as exc:
+                    failures.report(p, str(exc))
+            if batch_images:
+                t = time.perf_counter()
+                results = pipeline(batch_images)
+                ms = (time.perf_counter() - t) * 1000.0 / len(batch_images)
+                for p, img, res in zip(batch_paths, batch_images, results):
+                    row = {
+                        "path": str(p),
+                        "class": class_name,
+                        "score": round(res.score, 6),
+                        "anomalous": res.score >= threshold,
+                        "threshold": threshold,
+                        "ms": round(ms, 1),
+                    }
+                    if out is not None:
+                        try:
+                            row.update(_write_segmentation(out, output_stem(p, base), img, res.map, pixel_threshold))
+                        except OSError as exc:
+                            failures.report(p, f"cannot write outputs under {out} ({exc.strerror or exc})")
+                            continue
+                    print(json.dumps(row), flush=True)
+            if progress:
+                progress.update(task, advance=len(todo[start : start + batch_size]))
+    finally:
+        if progress:
+            progress.stop()
+    ok = len(items) - failures.count
+    _log(quiet, f"{ok} ok, {failures.count} failed")
+    return 1 if failures.count else 0
+
+
+def _write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float) -> dict:
+    """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG)."""
+    from PIL import Image
+
+    from .guidance import resize_map
+
+    w, h = image.size
+    full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
+    base = out / stem
+    paths = {
+        "map": base.with_name(base.name + ".map.npy"),
+        "overlay": base.with_name(base.name + ".overlay.png"),
+        "mask": base.with_name(base.name + ".mask.png"),
+    }
+    save_npy(paths["map"], full)
+    save_png(paths["overlay"], overlay(image, full))
+    mask = full >= pixel_threshold
+    save_png(paths["mask"], Image.fromarray((mask * 255).astype(np.uint8), mode="L"))
+    return {
+        "map_max": round(float(full.max()), 6),
+        "anomalous_fraction": round(float(mask.mean()), 6),
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+
+
+@app.command()
+def detect(
+    images: ImagesArg,
+    class_name: ClassOpt = "object",
+    refs: RefsOpt = None,
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    threshold: ThresholdOpt = 0.5,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
+    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+
+
+@app.command()
+def segment(
+    images: ImagesArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored under it.")],
+    class_name: ClassOpt = "object",
+    refs: RefsOpt = None,
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    threshold: ThresholdOpt = 0.5,
+    pixel_threshold: Annotated[float, typer.Option("--pixel-threshold", help="Map value at or above which a pixel is in the binary mask.")] = 0.5,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
+    NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
+    (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
+    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fade {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Training-free industrial anomaly detection and segmentation with CLIP (FADE)."""
+
+
+def main() -> None:
+    """Console entry point: FadeErrors become one stderr line and exit status 2."""
+    try:
+        code = app(standalone_mode=False)
+    except FadeError as exc:
+        print(f"fade: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("fade: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            print("fade: interrupted", file=sys.stderr)
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,199 @@
+"""Input and output: image reading that fails one file at a time, input expansion, atomic writers.
+
+Every problem with one input becomes an `ImageError` whose message names the problem (the
+caller adds the path), so a batch can go on with the other files. Outputs are written to a
+temporary file in the destination folder and renamed into place, so a crash or Ctrl-C never
+leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 100_000_000  # 10k × 10k; raise with --max-pixels
+MIN_SIDE = 16  # one ViT patch: smaller images hold no patch of real content
+ALPHA_BACKGROUND = (0, 0, 0)  # transparent pixels are composited onto black
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One thing the user named: a readable path, or an error to report for it."""
+
+    path: Path
+    error: str | None = None
+
+
+def expand_inputs(specs: Iterable[str], stdin: TextIO | None = None) -> list[InputItem]:
+    """Files, globs, directories (recursive, image extensions only) and '-' (paths on stdin).
+
+    Order is deterministic: the order of `specs`, each glob or directory sorted; duplicates
+    are dropped. Names that match nothing become error items.
+    """
+    items: list[InputItem] = []
+    seen: set[Path] = set()
+
+    def add(item: InputItem) -> None:
+        key = item.path.absolute()
+        if item.error is None and key in seen:
+            return
+        seen.add(key)
+        items.append(item)
+
+    for spec in specs:
+        if spec == "-":
+            for line in (stdin or sys.stdin):
+                if line.strip():
+                    for item in expand_inputs([line.rstrip("\n")]):
+                        add(item)
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                add(InputItem(path, f"directory contains no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            for p in found:
+                add(InputItem(p))
+        elif path.exists() or path.is_symlink():
+            add(InputItem(path))
+        elif glob.has_magic(spec):
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            if not found:
+                add(InputItem(path, "pattern matches no files"))
+            for p in found:
+                add(InputItem(p))
+        else:
+            add(InputItem(path, "no such file or directory"))
+    return items
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float images -> 8-bit grayscale, keeping relative intensity."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16") or (im.mode == "I" and arr.max(initial=0) > 255):
+        arr = np.clip(arr.astype(np.float64), 0, 65535) / 257.0
+    elif im.mode == "F":
+        arr = arr.astype(np.float64)
+        finite = arr[np.isfinite(arr)]
+        # float images in [0, 1] are scaled up; others are read as 0..255 values
+        top = finite.max(initial=0.0) if finite.size else 0.0
+        arr = np.nan_to_num(arr * (255.0 if top <= 1.0 else 1.0))
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: EXIF rotation applied, alpha composited on ALPHA_BACKGROUND."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _to_8bit(im)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an image file as RGB, or raise ImageError saying what is wrong with it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as exc:
+        raise ImageError(f"cannot access ({exc.strerror or exc.__class__.__name__})") from None
+    if path.is_dir():
+        raise ImageError("is a directory")
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise Image.DecompressionBombError
+                im.load()
+                rgb = to_rgb(im)
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image is too large (over {max_pixels} pixels; raise the limit with --max-pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"truncated or corrupt image data ({str(exc).strip() or exc.__class__.__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if min(rgb.size) < MIN_SIDE:
+        raise ImageError(f"image is {rgb.size[0]}×{rgb.size[1]} pixels, smaller than one {MIN_SIDE}-pixel patch")
+    return rgb
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_png(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda fh: image.save(fh, format="PNG"))
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda fh: np.save(fh, array))
+
+
+# A perceptual blue -> cyan -> yellow -> red ramp for heatmaps (no plotting library needed).
+_RAMP = np.array([[0, 0, 128], [0, 90, 255], [0, 220, 220], [255, 230, 0], [255, 60, 0], [180, 0, 0]], dtype=np.float64)
+
+
+def heatmap_colors(values: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours."""
+    x = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (x - lo)[..., None]
+    return np.rint(_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).astype(np.uint8)
+
+
+def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend a heatmap of `anomaly_map` (same H×W as the image) over the image."""
+    heat = Image.fromarray(heatmap_colors(anomaly_map), mode="RGB")
+    return Image.blend(image.convert("RGB"), heat, alpha)
+
+
+def output_stem(path: Path, base: Path) -> Path:
+    """Where an input's outputs go, relative to --out: its path under `base`, suffix dropped.
+
+    Mirroring the input tree keeps outputs of same-named inputs in different folders apart.
+    """
+    try:
+        rel = path.absolute().relative_to(base)
+    except ValueError:
+        rel = Path(*[p for p in path.absolute().parts[1:]])
+    return rel.with_suffix("")
+
+
+def common_base(paths: Iterable[Path]) -> Path:
+    parents = [str(p.absolute().parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()

@@ -1,0 +1,101 @@
+"""Memory bank: vision guidance by nearest-neighbour patch distance (FADE sec. 3.3, Fig. 2c-d).
+
+Score of a query patch f against a bank R of L2-normalised patch embeddings:
+    M_p = ½ (1 − <f, r_k>)   where r_k is f's k-th most similar bank patch.
+k = 1 against reference images (k-shot); k = 2 against the query's own patches (0-shot),
+because the nearest is the patch itself.
+
+Banks hold one (M, D) matrix per scale; they are saved without pickle: an `.npz` read with
+allow_pickle=False, holding float arrays and the metadata as a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MemoryBankError
+
+BANK_FORMAT = 1
+
+
+def sample_reference_indices(n: int, k: int, seed: int) -> list[int]:
+    """The official FADE choice of k references among n path-sorted train images for a seed.
+
+    The official code calls torch.manual_seed(seed) and takes the first k items a shuffling
+    DataLoader yields; we run exactly that, inside fork_rng so the caller's RNG is untouched.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"cannot choose {k} of {n} reference images")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(range(n), batch_size=1, shuffle=True)
+        return [int(batch[0]) for batch, _ in zip(loader, range(k))]
+
+
+def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
+    """½(1 − cos) from each query row to its k-th nearest bank row.
+
+    query: (Q, D), bank: (M, D), both L2-normalised. Returns (Q,). The similarity matrix is
+    built `chunk` query rows at a time so memory stays flat in Q.
+    """
+    if bank.shape[0] < k:
+        raise MemoryBankError(f"memory bank has {bank.shape[0]} patches; need at least {k}")
+    out = torch.empty(query.shape[0], dtype=query.dtype, device=query.device)
+    for start in range(0, query.shape[0], chunk):
+        sim = query[start : start + chunk] @ bank.T
+        kth = sim.topk(k, dim=1).values[:, k - 1]
+        out[start : start + chunk] = 0.5 * (1.0 - kth)
+    return out
+
+
+def self_knn_distance(patches: torch.Tensor, k: int = 2) -> torch.Tensor:
+    """0-shot vision guidance: each image's patches against its own patches. (B, N, D) -> (B, N)."""
+    return torch.stack([knn_distance(p, p, k) for p in patches])
+
+
+@dataclass
+class MemoryBank:
+    """Reference patch embeddings per scale, with what produced them."""
+
+    patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
+    meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
+
+    def score(self, scale: int, query: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) query patches at `scale` -> (B, N) nearest-neighbour distances (k = 1)."""
+        if scale not in self.patches:
+            raise MemoryBankError(f"memory bank has no patches at scale {scale} (it has {sorted(self.patches)})")
+        bank = self.patches[scale].to(query.device, query.dtype)
+        return torch.stack([knn_distance(q, bank, 1) for q in query])
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a half-written bank never appears under `path`."""
+        arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
+        meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
+        arrays["meta_json"] = np.array(json.dumps(meta))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "MemoryBank":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz["meta_json"]))
+                patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
+        except FileNotFoundError:
+            raise MemoryBankError(f"{path}: no such file") from None
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
+        if meta.get("format") != BANK_FORMAT:
+            raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
+        return cls(patches=patches, meta=meta)

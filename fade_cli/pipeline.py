@@ -1,0 +1,214 @@
+"""The FADE method as a composition of backbone, prompts, memory bank and guidance.
+
+Per image (FADE sec. 3, official defaults):
+  AC, language: CLIP CLS at 240 against the class-named WinCLIP prompts.
+  AS, language: GEM patches at 240/448/896 against WinCLIP + LLM prompts with class "object".
+  AS, vision:   0-shot: the query's own GEM patches, 2nd nearest neighbour;
+                k-shot: the references' CLIP patches per scale, nearest neighbour.
+  Each scale's map is resized to the largest grid (56×56) and averaged.
+  map   = clip((1 − w)·language + w·m·vision, 0, 1)
+  score = language AC (0-shot), or clip(½(language AC + max(m·vision)), 0, 1) (k-shot).
+
+The pipeline does no file I/O: it takes PIL images and returns tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .backbone import Backbone, preprocess_batch
+from .config import FadeConfig
+from .errors import MemoryBankError, UsageError
+from .guidance import fuse_scales, language_score, to_grid
+from .memory import MemoryBank, self_knn_distance
+from .prompts import PromptBank, TextClassifier, TextEncoderCache, build_text_classifier, load_bank
+
+
+@dataclass
+class Result:
+    """One image's outcome. `map` is the fused patch-grid map (G×G, values in [0, 1])."""
+
+    score: float
+    map: torch.Tensor | None
+    language_score: float | None = None
+    vision_score: float | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def build_reference_bank(
+    backbone: Backbone, images: Sequence[Image.Image], scales: Sequence[int], feature: str, meta: dict | None = None
+) -> MemoryBank:
+    """Patch embeddings of good reference images at each scale (FADE Fig. 2d)."""
+    if not images:
+        raise UsageError("no reference images")
+    patches: dict[int, torch.Tensor] = {}
+    for scale in sorted(set(scales)):
+        chunks = []
+        for img in images:  # one at a time: memory stays flat in the number of references
+            emb = backbone.encode_images(
+                preprocess_batch([img], scale), want_cls=False, want_clip=feature == "clip", want_gem=feature == "gem"
+            )
+            chunks.append((emb.clip if feature == "clip" else emb.gem)[0])
+        patches[scale] = torch.cat(chunks)
+    info = {
+        "model": backbone.model_name,
+        "weights_id": backbone.weights_id,
+        "feature": feature,
+        "n_images": len(images),
+        "fade_version": __version__,
+    }
+    return MemoryBank(patches=patches, meta={**info, **(meta or {})})
+
+
+class FadePipeline:
+    """FADE for one product class: `pipeline(images) -> list[Result]`."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: FadeConfig,
+        class_name: str,
+        cls_text: TextClassifier | None,
+        seg_text: TextClassifier | None,
+        reference_bank: MemoryBank | None = None,
+    ):
+        self.backbone = backbone
+        self.few_shot = reference_bank is not None
+        self.config = config.resolved(self.few_shot)
+        self.class_name = class_name
+        self.cls_text = cls_text
+        self.seg_text = seg_text
+        self.reference_bank = reference_bank
+        if reference_bank is not None:
+            self._check_bank(reference_bank)
+
+    @classmethod
+    def from_config(
+        cls,
+        backbone: Backbone,
+        config: FadeConfig,
+        class_name: str,
+        reference_bank: MemoryBank | None = None,
+        text_cache: TextEncoderCache | None = None,
+    ) -> "FadePipeline":
+        errs = config.check()
+        if errs:
+            raise UsageError(errs[0])
+        for scale in (config.cls_scale, *config.seg_scales):
+            backbone.check_scale(scale)
+        encoder = text_cache or TextEncoderCache(backbone, frame=config.text_frame)
+        cls_text = seg_text = None
+        if config.classification != "vision":
+            cls_text = build_text_classifier(_banks(config.cls_prompts), class_name, encoder)
+        if config.segmentation != "vision":
+            seg_text = build_text_classifier(_banks(config.seg_prompts), config.seg_class_name, encoder)
+        return cls(backbone, config, class_name, cls_text, seg_text, reference_bank)
+
+    def _check_bank(self, bank: MemoryBank) -> None:
+        meta = bank.meta
+        if meta.get("model") != self.backbone.model_name or meta.get("weights_id") != self.backbone.weights_id:
+            raise MemoryBankError(
+                f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
+                f"not {self.backbone.model_name} (weights {self.backbone.weights_id})"
+            )
+        missing = sorted(set(self.config.seg_scales) - set(bank.patches))
+        if missing:
+            raise MemoryBankError(f"reference bank has no patches at scale(s) {missing} (it has {sorted(bank.patches)})")
+        if meta.get("feature") != self.config.vision_feature:
+            raise MemoryBankError(
+                f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {self.config.vision_feature}"
+            )
+
+    @property
+    def banks(self) -> list[str]:
+        labels = []
+        for text in (self.cls_text, self.seg_text):
+            for b in text.banks if text else ():
+                if b not in labels:
+                    labels.append(b)
+        return labels
+
+    @property
+    def uses_vision(self) -> bool:
+        return self.config.segmentation != "language" or (self.few_shot and self.config.classification != "language")
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
+        cfg = self.config
+        seg_lang = cfg.segmentation != "vision"
+        seg_vis = cfg.segmentation != "language"
+        cls_lang = cfg.classification != "vision"
+        cls_vis = cfg.classification != "language" and self.few_shot
+        need_vis = seg_vis or cls_vis
+        if cfg.classification == "vision" and not self.few_shot:
+            raise UsageError("vision-guided classification needs reference images (--refs or --bank)")
+
+        lang_maps, vis_maps, ac = [], [], None
+        for scale in sorted({cfg.cls_scale, *cfg.seg_scales}):
+            is_seg = scale in cfg.seg_scales
+            feats_needed = set()
+            if is_seg and seg_lang:
+                feats_needed.add(cfg.seg_feature)
+            if is_seg and need_vis:
+                feats_needed.add(cfg.vision_feature)
+            want_cls = scale == cfg.cls_scale and cls_lang
+            emb = self.backbone.encode_images(
+                preprocess_batch(images, scale),
+                want_cls=want_cls,
+                want_clip="clip" in feats_needed,
+                want_gem="gem" in feats_needed,
+                gem_iterations=cfg.gem_iterations,
+            )
+            if want_cls:
+                ac = language_score(emb.cls, self.cls_text)
+            if not is_seg:
+                continue
+            if seg_lang:
+                patches = emb.gem if cfg.seg_feature == "gem" else emb.clip
+                lang_maps.append(to_grid(language_score(patches, self.seg_text)))
+            if need_vis:
+                patches = emb.gem if cfg.vision_feature == "gem" else emb.clip
+                if self.few_shot:
+                    vis = self.reference_bank.score(scale, patches)
+                else:
+                    vis = self_knn_distance(patches, k=2)
+                vis_maps.append(to_grid(vis))
+            del emb
+
+        m, w = cfg.vision_multiplier, cfg.vision_weight
+        vision = fuse_scales(vis_maps) * m if vis_maps else None
+        language = fuse_scales(lang_maps) if lang_maps else None
+        if cfg.segmentation == "both":
+            fused = (1.0 - w) * language + w * vision
+        else:
+            fused = language if cfg.segmentation == "language" else vision
+        fused = fused.clamp(0.0, 1.0)
+
+        vis_score = vision.amax(dim=(1, 2)) if vision is not None else None
+        if cls_lang and cls_vis:
+            score = 0.5 * (ac + vis_score)
+        elif cls_vis:
+            score = vis_score
+        else:
+            score = ac
+        score = score.clamp(0.0, 1.0)
+
+        results = []
+        for i in range(len(images)):
+            results.append(
+                Result(
+                    score=float(score[i]),
+                    map=fused[i].float().cpu(),
+                    language_score=float(ac[i]) if ac is not None else None,
+                    vision_score=float(vis_score[i]) if vis_score is not None else None,
+                )
+            )
+        return results
+
+
+def _banks(specs: Sequence[str]) -> list[PromptBank]:
+    return [load_bank(s) for s in specs]

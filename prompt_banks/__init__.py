@@ -1,0 +1,1 @@
+"""Shipped prompt banks (JSON data); see docs/prompt-banks.md."""
