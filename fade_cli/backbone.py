@@ -141,9 +141,10 @@ def _create_model(model_name: str, pretrained: str):
 
 @contextlib.contextmanager
 def _logging_off():
-    """open_clip logs a warning for random init through the root logger; here it was asked for."""
+    """open_clip logs through the root logger (random-init warnings, download errors); we report
+    the outcome ourselves in one line."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
@@ -310,10 +311,10 @@ def load_backbone(
 
     dev = resolve_device(device)
     dtype = _precision_dtype(precision, dev)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _logging_off():
         warnings.simplefilter("ignore")
         if pretrained == RANDOM_WEIGHTS:
-            with torch.random.fork_rng(devices=[]), _logging_off():
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = _create_model(model_name, pretrained)
         else:

@@ -1,0 +1,158 @@
+"""The `fade` command as a user runs it: outputs, exit codes, error lines, help."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fade_cli.cli import main
+
+from conftest import TINY_CONFIG, random_image
+
+FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
+        "--seg-prompts", "winclip"]
+
+
+def run(capsys, monkeypatch, *args, cache=None):
+    monkeypatch.setattr(sys, "argv", ["fade", *args])
+    if cache is not None:
+        monkeypatch.setenv("FADE_CACHE_DIR", str(cache))
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_segment_writes_maps_overlays_masks_and_reports_bad_files(capsys, monkeypatch, image_dir, tmp_path):
+    (image_dir / "empty.png").write_bytes(b"")
+    (image_dir / "notes.png").write_text("not an image")
+    out = tmp_path / "out"
+    code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), str(tmp_path / "missing.png"),
+                               "--out", str(out), "--pixel-threshold", "0.6", *FAST, cache=tmp_path / "cache")
+    assert code == 1
+    results = rows(stdout)
+    assert [Path(r["path"]).name for r in results] == ["img0.png", "img1.png", "img2.png"]
+    bad_lines = [l for l in stderr.splitlines() if l.startswith("fade: ") and l.endswith(("(0 bytes)", "unsupported format", "directory"))]
+    assert any("empty.png: empty file" in l for l in bad_lines)
+    assert any("notes.png: not an image" in l for l in bad_lines)
+    assert any("missing.png: no such file" in l for l in stderr.splitlines())
+    assert "3 ok, 3 failed" in stderr and "Traceback" not in stderr
+    for r in results:
+        w, h = Image.open(r["path"]).size
+        m = np.load(r["outputs"]["map"], allow_pickle=False)
+        assert m.dtype == np.float32 and m.shape == (h, w)
+        assert 0.0 <= m.min() and m.max() <= 1.0 and r["map_max"] == pytest.approx(float(m.max()), abs=1e-6)
+        mask = np.asarray(Image.open(r["outputs"]["mask"]))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask == 255, m >= 0.6)
+        ov = Image.open(r["outputs"]["overlay"])
+        assert ov.mode == "RGB" and ov.size == (w, h)
+        assert 0.0 <= r["score"] <= 1.0 and r["anomalous"] == (r["score"] >= 0.5)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_detect_prints_one_json_line_per_image(capsys, monkeypatch, image_dir, tmp_path):
+    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir / "img0.png"), str(image_dir / "img1.png"),
+                               "--class", "metal_nut", "--threshold", "0", "-q", *FAST, cache=tmp_path)
+    assert code == 0 and stderr == ""
+    results = rows(stdout)
+    assert len(results) == 2
+    for r in results:
+        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "ms"}
+        assert r["class"] == "metal_nut" and r["anomalous"] is True and r["ms"] > 0
+
+
+def test_few_shot_with_reference_folder(capsys, monkeypatch, image_dir, tmp_path):
+    refs = tmp_path / "good"
+    refs.mkdir()
+    for i in range(3):
+        random_image(20 + i).save(refs / f"{i}.png")
+    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--refs", str(refs), "--shots", "2",
+                               *FAST, cache=tmp_path)
+    assert code == 0, stderr
+    assert "2-shot" in stderr and len(rows(stdout)) == 3
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--refs", str(refs), "--shots", "5", *FAST)
+    assert code == 2 and "only 3 reference images" in stderr
+
+
+def test_shell_expanded_refs_glob_is_caught(capsys, monkeypatch, tmp_path):
+    for i in range(3):
+        random_image(i).save(tmp_path / f"{i}.png")
+    args = ["detect", str(tmp_path / "1.png"), str(tmp_path / "2.png"), "--refs", str(tmp_path / "0.png"), *FAST]
+    code, _, stderr = run(capsys, monkeypatch, *args)
+    assert code == 2 and "did the shell expand a glob" in stderr
+
+
+def test_same_basenames_get_distinct_outputs(capsys, monkeypatch, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        random_image(ord(d)).save(tmp_path / d / "part.png")
+    code, stdout, _ = run(capsys, monkeypatch, "segment", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                          str(tmp_path / "out"), "-q", *FAST)
+    assert code == 0
+    maps = [r["outputs"]["map"] for r in rows(stdout)]
+    assert len(set(maps)) == 2 and all(Path(m).is_file() for m in maps)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "abc"], "expected comma-separated integers"),
+    (["--scales", "250"], "not a positive multiple of the patch size"),
+    (["--seg-prompts", "no-such-bank"], "no such prompt bank"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--vision-feature", "pixels"], "vision_feature must be clip or gem"),
+])
+def test_usage_errors_exit_2_with_one_line(capsys, monkeypatch, image_dir, args, message):
+    base = [a for a in FAST]
+    for opt in args[::2]:
+        if opt in base:
+            i = base.index(opt)
+            del base[i : i + 2]
+    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir / "img0.png"), *base, *args, "-q")
+    assert code == 2 and stdout == ""
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr
+
+
+def test_help_explains_every_option(capsys, monkeypatch):
+    code, stdout, _ = run(capsys, monkeypatch, "segment", "--help")
+    assert code == 0
+    for opt in ["--out", "--class", "--refs", "--shots", "--shots-seed", "--threshold", "--pixel-threshold", "--model",
+                "--pretrained", "--device", "--precision", "--scales", "--cls-scale", "--cls-prompts", "--seg-prompts",
+                "--vision-multiplier", "--vision-weight", "--vision-feature", "--batch-size", "--cache-dir", "--quiet"]:
+        assert opt in stdout, opt
+
+
+def test_offline_pretrained_tag_says_how_to_use_a_local_checkpoint(tmp_path, image_dir):
+    """Real entry point, no network: one line, exit 2, no traceback."""
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path), HF_HUB_OFFLINE="1",
+               HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               http_proxy="http://127.0.0.1:9")
+    proc = subprocess.run([sys.executable, "-c", "from fade_cli.cli import main; main()", "detect",
+                           str(image_dir / "img0.png"), "--pretrained", "laion400m_e31", "-q"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "laion400m_e31" in lines[0] and "--pretrained /path/to/checkpoint.pt" in lines[0]
+
+
+def test_local_checkpoint_path_loads(tmp_path, tiny_backbone, capsys, monkeypatch, image_dir):
+    import torch
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), ckpt)
+    args = [a if a != "none" else str(ckpt) for a in FAST]
+    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir / "img0.png"), *args, cache=tmp_path)
+    assert code == 0, stderr
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir / "img0.png"),
+                          *[a if a != "none" else str(tmp_path / "nope.pt") for a in FAST])
+    assert code == 2 and "checkpoint file not found" in stderr
