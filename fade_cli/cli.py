@@ -66,6 +66,7 @@ def _parse_scales(text: str) -> tuple[int, ...]:
 ImagesArg = Annotated[list[str], typer.Argument(help="Image files, directories (searched recursively), globs, or - to read paths from stdin.", show_default=False)]
 ClassOpt = Annotated[str, typer.Option("--class", "-c", help="Product class name used in the classification prompts (underscores become spaces), e.g. bottle, metal_nut.")]
 RefsOpt = Annotated[Optional[list[str]], typer.Option("--refs", "-r", help="Good reference image(s) for few-shot mode: a file, a directory or a quoted glob ('good/*.png'). Repeat for more.", show_default=False)]
+BankOpt = Annotated[Optional[Path], typer.Option("--bank", help="Saved reference bank from `fade bank build` (instead of --refs).", show_default=False)]
 ShotsOpt = Annotated[Optional[int], typer.Option("--shots", "-k", min=1, help="Use k of the --refs images, chosen as the official FADE code does for --shots-seed (sorted by path, then a seeded shuffle). Default: all.")]
 SeedOpt = Annotated[int, typer.Option("--shots-seed", help="Seed that chooses the --shots references.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip model name, or a path to an open_clip model-config JSON.")]
@@ -151,6 +152,7 @@ def _run(
     images: list[str],
     class_name: str,
     refs: list[str] | None,
+    bank: Path | None,
     shots: int | None,
     shots_seed: int,
     model: str,
@@ -211,6 +213,13 @@ def _run(
     _log(quiet, f"loaded {model_name} ({pretrained}) on {backbone.device}")
     cache = TextEncoderCache(backbone, cache_dir, frame=config.text_frame, enabled=not no_cache)
     reference_bank = None
+    if bank is not None and refs:
+        raise UsageError("give either --refs or --bank, not both")
+    if bank is not None:
+        from .memory import MemoryBank
+
+        reference_bank = MemoryBank.load(bank)
+        _log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
     if ref_paths:
         few = config.resolved(few_shot=True)
         _log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, few.seg_scales))} px")
@@ -223,7 +232,7 @@ def _run(
         reference_bank = build_reference_bank(backbone, ref_images, few.seg_scales, few.vision_feature,
                                               meta={"class": class_name, "images": [str(p) for p in ref_paths]})
     pipeline = FadePipeline.from_config(backbone, config, class_name, reference_bank, cache)
-    _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({'%d-shot' % len(ref_paths) if ref_paths else 'zero-shot'}, "
+    _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
 
     base = common_base(todo) if todo else Path.cwd()
@@ -300,6 +309,7 @@ def detect(
     images: ImagesArg,
     class_name: ClassOpt = "object",
     refs: RefsOpt = None,
+    bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
     threshold: ThresholdOpt = 0.5,
@@ -332,6 +342,7 @@ def segment(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored under it.")],
     class_name: ClassOpt = "object",
     refs: RefsOpt = None,
+    bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
     threshold: ThresholdOpt = 0.5,
@@ -359,6 +370,74 @@ def segment(
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
     (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
     raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+
+
+bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot memory banks).", no_args_is_help=True)
+app.add_typer(bank_app, name="bank")
+
+
+@bank_app.command("build")
+def bank_build(
+    images: ImagesArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bank file to write (e.g. bottle.fadebank).")],
+    class_name: ClassOpt = "object",
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    feature: Annotated[str, typer.Option("--feature", help="Patch features stored: clip (FADE few-shot) or gem.")] = "clip",
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed good reference images once and save them; reuse with `--bank FILE`.
+
+    The bank stores each scale's patch embeddings and the model, weights fingerprint,
+    scales, feature kind and fade version; it is read without pickle."""
+    from .backbone import load_backbone
+    from .pipeline import build_reference_bank
+
+    if feature not in ("clip", "gem"):
+        raise UsageError(f"--feature {feature}: expected clip or gem")
+    items = expand_inputs(images)
+    bad = [i for i in items if i.error]
+    if bad:
+        raise UsageError(f"{bad[0].path}: {bad[0].error}")
+    paths = sorted(i.path for i in items)
+    if shots is not None:
+        from .memory import sample_reference_indices
+
+        if shots > len(paths):
+            raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
+        paths = [paths[i] for i in sample_reference_indices(len(paths), shots, shots_seed)]
+    loaded = []
+    for p in paths:
+        try:
+            loaded.append(load_image(p, max_pixels))
+        except ImageError as exc:
+            raise UsageError(f"{p}: {exc}") from None
+    backbone = load_backbone(_resolve_model_name(model), pretrained, device, precision)
+    seg_scales = _parse_scales(scales)
+    for s in seg_scales:
+        backbone.check_scale(s)
+    result = build_reference_bank(backbone, loaded, seg_scales, feature,
+                                  meta={"class": class_name, "pretrained": pretrained, "images": [str(p) for p in paths]})
+    result.save(output)
+    _log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, seg_scales))}, {feature} patches")
+
+
+@bank_app.command("info")
+def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade bank build`.")]) -> None:
+    """Print a bank's metadata and patch counts as JSON."""
+    from .memory import MemoryBank
+
+    loaded = MemoryBank.load(bank)
+    info = {k: v for k, v in loaded.meta.items() if k != "images"}
+    info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
+    info["images"] = loaded.meta.get("images", [])
+    print(json.dumps(info, indent=2))
 
 
 def _version(value: bool) -> None:

@@ -156,3 +156,27 @@ def test_local_checkpoint_path_loads(tmp_path, tiny_backbone, capsys, monkeypatc
     code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir / "img0.png"),
                           *[a if a != "none" else str(tmp_path / "nope.pt") for a in FAST])
     assert code == 2 and "checkpoint file not found" in stderr
+
+
+def test_saved_bank_gives_the_same_scores_as_refs(capsys, monkeypatch, image_dir, tmp_path):
+    refs = tmp_path / "good"
+    refs.mkdir()
+    for i in range(2):
+        random_image(30 + i).save(refs / f"{i}.png")
+    model = FAST[:4] + ["--device", "cpu"]
+    bank = tmp_path / "parts.fadebank"
+    code, _, stderr = run(capsys, monkeypatch, "bank", "build", str(refs), "-o", str(bank), "--scales", "32,64", *model)
+    assert code == 0, stderr
+    code, stdout, _ = run(capsys, monkeypatch, "bank", "info", str(bank))
+    info = json.loads(stdout)
+    assert info["n_images"] == 2 and info["scales"] == [32, 64] and info["feature"] == "clip" and info["format"] == 1
+    code, with_bank, _ = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(bank), *FAST, cache=tmp_path)
+    assert code == 0
+    code, with_refs, _ = run(capsys, monkeypatch, "detect", str(image_dir), "--refs", str(refs), *FAST, cache=tmp_path)
+    assert [r["score"] for r in rows(with_bank)] == [r["score"] for r in rows(with_refs)]
+    base = [a for a in FAST if a not in ("--scales", "32,64")]
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(bank), *base, "--scales", "32,48")
+    assert code == 2 and "no patches at scale(s) [48]" in stderr
+    (tmp_path / "junk.fadebank").write_bytes(b"junk")
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(tmp_path / "junk.fadebank"), *FAST)
+    assert code == 2 and "not a fade reference bank" in stderr
