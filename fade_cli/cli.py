@@ -440,6 +440,96 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     print(json.dumps(info, indent=2))
 
 
+prompts_app = typer.Typer(help="List, show, validate and pre-embed prompt banks.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("list")
+def prompts_list(as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False) -> None:
+    """The shipped banks with versions and prompt counts (for the class 'object')."""
+    from rich.table import Table
+
+    from .prompts import load_bank, shipped_banks
+
+    rows = []
+    for name in sorted(shipped_banks()):
+        b = load_bank(name)
+        classes = sorted(b.data.get("classes", {}))
+        rows.append({"name": b.name, "version": b.version, "normal": len(b.texts("normal", "object")),
+                     "anomalous": len(b.texts("anomalous", "object")), "classes": len(classes),
+                     "method": b.data["generation"].get("method"), "description": b.data["description"]})
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    table = Table("bank", "version", "normal", "anomalous", "classes", "method")
+    for r in rows:
+        table.add_row(r["name"], r["version"], str(r["normal"]), str(r["anomalous"]), str(r["classes"]), r["method"] or "")
+    Console().print(table)
+
+
+@prompts_app.command("show")
+def prompts_show(
+    bank: Annotated[str, typer.Argument(help="Shipped bank name or JSON path.")],
+    class_name: ClassOpt = "object",
+    state: Annotated[Optional[str], typer.Option("--state", help="normal or anomalous (default: both).")] = None,
+) -> None:
+    """Print the composed prompts of a bank for a class, one per line, as `state<TAB>text`."""
+    from .prompts import STATES, load_bank
+
+    if state is not None and state not in STATES:
+        raise UsageError(f"--state {state}: expected normal or anomalous")
+    b = load_bank(bank)
+    for s in [state] if state else STATES:
+        for text in b.texts(s, class_name):
+            print(f"{s}\t{text}")
+
+
+@prompts_app.command("validate")
+def prompts_validate(files: Annotated[list[Path], typer.Argument(help="Bank JSON files to check.")]) -> None:
+    """Check bank files against the schema; every error is printed with its JSON path. Exit 1 if any is invalid."""
+    from .prompts import _is_official, validate_bank
+
+    bad = 0
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            print(f"fade: {f}: cannot read as JSON ({exc})", file=sys.stderr)
+            bad += 1
+            continue
+        errs = [] if _is_official(data) else validate_bank(data)
+        for e in errs:
+            print(f"fade: {f}: {e}", file=sys.stderr)
+        bad += bool(errs)
+        if not errs:
+            print(f"{f}: ok" + (" (official FADE format)" if _is_official(data) else ""))
+    raise typer.Exit(1 if bad else 0)
+
+
+@prompts_app.command("embed")
+def prompts_embed(
+    banks: Annotated[list[str], typer.Argument(help="Bank names or paths to pre-embed.")],
+    class_name: ClassOpt = "object",
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute and cache the text embeddings of banks (e.g. before going offline or on a new machine)."""
+    from .backbone import load_backbone
+    from .prompts import TextEncoderCache, build_text_classifier, load_bank
+
+    loaded = [load_bank(b) for b in banks]
+    backbone = load_backbone(_resolve_model_name(model), pretrained, device)
+    cache = TextEncoderCache(backbone, cache_dir)
+    t = time.perf_counter()
+    text = build_text_classifier(loaded, class_name, cache)
+    _log(quiet, f"{', '.join(text.banks)}: {text.counts[0]} normal + {text.counts[1]} anomalous prompts, "
+                f"{'cached already' if cache.hits else 'embedded and cached'} in {time.perf_counter() - t:.1f} s under {cache.dir}")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fade {__version__}")

@@ -180,3 +180,23 @@ def test_saved_bank_gives_the_same_scores_as_refs(capsys, monkeypatch, image_dir
     (tmp_path / "junk.fadebank").write_bytes(b"junk")
     code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(tmp_path / "junk.fadebank"), *FAST)
     assert code == 2 and "not a fade reference bank" in stderr
+
+
+def test_prompts_commands(capsys, monkeypatch, tmp_path):
+    code, stdout, _ = run(capsys, monkeypatch, "prompts", "list", "--json")
+    listed = {r["name"]: r for r in rows(stdout)}
+    assert code == 0 and (listed["winclip"]["normal"], listed["winclip"]["anomalous"]) == (154, 88)
+    code, stdout, _ = run(capsys, monkeypatch, "prompts", "show", "winclip", "--class", "metal_nut", "--state", "normal")
+    lines = stdout.splitlines()
+    assert code == 0 and len(lines) == 154 and lines[1] == "normal\ta cropped photo of the flawless metal nut"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"schema_version": 1, "name": "x", "version": "1", "description": "d",
+                                  "generation": {"method": "llm"}, "placeholders": ["colour"],
+                                  "prompts": {"normal": ["ok"], "anomalous": [3]}}))
+    code, stdout, stderr = run(capsys, monkeypatch, "prompts", "validate", str(broken))
+    assert code == 1
+    for path in ("$.version", "$.placeholders[0]", "$.prompts.anomalous[0]"):
+        assert f"broken.json: {path}" in stderr
+    code, stdout, _ = run(capsys, monkeypatch, "prompts", "embed", "winclip", "--model", str(TINY_CONFIG),
+                          "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "c"))
+    assert code == 0 and len(list((tmp_path / "c" / "text").glob("*.npy"))) == 1
