@@ -235,6 +235,7 @@ def _run(
     _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
 
+    shots_label = int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0
     base = common_base(todo) if todo else Path.cwd()
     progress = _progress(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
@@ -261,6 +262,9 @@ def _run(
                         "anomalous": res.score >= threshold,
                         "threshold": threshold,
                         "ms": round(ms, 1),
+                        "method": "fade",
+                        "shots": shots_label,
+                        "banks": pipeline.banks,
                     }
                     if out is not None:
                         try:
@@ -438,6 +442,52 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
     info["images"] = loaded.meta.get("images", [])
     print(json.dumps(info, indent=2))
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    class_name: ClassOpt = "object",
+    banks: Annotated[Optional[list[str]], typer.Option("--prompts", help="Banks whose descriptions are ranked. Default: winclip,fade-llm.", show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many descriptions per state.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of a table.")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    scale: ClsScaleOpt = 240,
+    cache_dir: CacheOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """The prompt descriptions that match an image best (cosine of the CLIP image embedding with each prompt)."""
+    from .backbone import load_backbone, preprocess_batch
+    from .prompts import TextEncoderCache, load_bank
+
+    try:
+        img = load_image(image, max_pixels)
+    except ImageError as exc:
+        raise UsageError(f"{image}: {exc}") from None
+    loaded = [load_bank(b) for b in (_split_list(banks) or ("winclip", "fade-llm"))]
+    backbone = load_backbone(_resolve_model_name(model), pretrained, device)
+    cache = TextEncoderCache(backbone, cache_dir)
+    emb = backbone.encode_images(preprocess_batch([img], scale), want_clip=False, want_gem=False).cls[0]
+    ranked = {}
+    for state in ("anomalous", "normal"):
+        texts = list(dict.fromkeys(t for b in loaded for t in b.texts(state, class_name)))
+        sims = (cache.encode(texts) @ emb.cpu()).tolist()
+        order = sorted(range(len(texts)), key=lambda i: -sims[i])[:top]
+        ranked[state] = [{"text": texts[i], "similarity": round(sims[i], 6)} for i in order]
+    result = {"path": str(image), "class": class_name, "banks": [b.label for b in loaded], **ranked}
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table("state", "similarity", "description", title=f"{image} ({class_name})")
+    for state in ("anomalous", "normal"):
+        for r in ranked[state]:
+            table.add_row(state, f"{r['similarity']:.4f}", r["text"])
+    Console().print(table)
 
 
 prompts_app = typer.Typer(help="List, show, validate and pre-embed prompt banks.", no_args_is_help=True)

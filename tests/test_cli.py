@@ -67,7 +67,8 @@ def test_detect_prints_one_json_line_per_image(capsys, monkeypatch, image_dir, t
     results = rows(stdout)
     assert len(results) == 2
     for r in results:
-        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "ms"}
+        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "ms", "method", "shots", "banks"}
+        assert r["banks"] == ["winclip@1.0.0"] and r["shots"] == 0 and r["method"] == "fade"
         assert r["class"] == "metal_nut" and r["anomalous"] is True and r["ms"] > 0
 
 
@@ -200,3 +201,13 @@ def test_prompts_commands(capsys, monkeypatch, tmp_path):
     code, stdout, _ = run(capsys, monkeypatch, "prompts", "embed", "winclip", "--model", str(TINY_CONFIG),
                           "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "c"))
     assert code == 0 and len(list((tmp_path / "c" / "text").glob("*.npy"))) == 1
+
+
+def test_explain_ranks_descriptions(capsys, monkeypatch, image_dir, tmp_path):
+    code, stdout, _ = run(capsys, monkeypatch, "explain", str(image_dir / "img0.png"), "--class", "bottle", "--prompts",
+                          "winclip", "--top", "3", "--json", *FAST[:6], cache=tmp_path)
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["banks"] == ["winclip@1.0.0"] and len(res["anomalous"]) == 3 and len(res["normal"]) == 3
+    sims = [r["similarity"] for r in res["anomalous"]]
+    assert sims == sorted(sims, reverse=True) and all("bottle" in r["text"] for r in res["anomalous"])
