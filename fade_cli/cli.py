@@ -7,7 +7,9 @@ Results go to stdout as JSON lines; logs and progress go to stderr.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -23,7 +25,7 @@ from . import __version__
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM_WEIGHTS
 from .config import FadeConfig
 from .errors import FadeError, ImageError, UsageError
-from .io import DEFAULT_MAX_PIXELS, InputItem, common_base, expand_inputs, load_image, output_stem, overlay, save_npy, save_png
+from .io import DEFAULT_MAX_PIXELS, InputItem, Manifest, common_base, expand_inputs, load_image, output_stem, overlay, save_npy, save_png
 
 app = typer.Typer(
     name="fade",
@@ -87,6 +89,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where text embeddings are cached. Default: $FADE_CACHE_DIR or ~/.cache/fade.", show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels than this (decompression-bomb guard).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip images the manifest records as finished (their outputs still present); their recorded lines are printed again.")]
+ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="JSONL record of finished images, for --resume. Default for segment: OUT/manifest.jsonl.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr (errors are still printed).")]
 
 
@@ -176,6 +180,8 @@ def _run(
     quiet: bool,
     out: Path | None = None,
     pixel_threshold: float = 0.5,
+    resume: bool = False,
+    manifest: Path | None = None,
 ) -> int:
     from .backbone import load_backbone
     from .pipeline import FadePipeline, build_reference_bank
@@ -237,42 +243,70 @@ def _run(
 
     shots_label = int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0
     base = common_base(todo) if todo else Path.cwd()
+    if manifest is None and out is not None:
+        manifest = out / "manifest.jsonl"
+    if resume and manifest is None:
+        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
+    record = None
+    finished: dict[str, dict] = {}
+    if manifest is not None:
+        settings = {"model": backbone.model_name, "weights": backbone.weights_id, "config": pipeline.config.as_dict(),
+                    "class": class_name, "banks": pipeline.banks, "threshold": threshold,
+                    "pixel_threshold": pixel_threshold if out is not None else None, "out": str(out) if out else None,
+                    "references": reference_bank.meta.get("images") if reference_bank else None}
+        record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        finished = record.finished() if resume else {}
+    already = {p for p in todo if str(p.absolute()) in finished}
+    if already:
+        _log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
     progress = _progress(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
     if progress:
         progress.start()
     try:
         for start in range(0, len(todo), batch_size):
-            batch_paths, batch_images = [], []
-            for p in todo[start : start + batch_size]:
+            chunk = todo[start : start + batch_size]
+            loaded = {}
+            for p in chunk:
+                if p in already:
+                    continue
                 try:
-                    batch_images.append(load_image(p, max_pixels))
-                    batch_paths.append(p)
+                    loaded[p] = load_image(p, max_pixels)
                 except ImageError as exc:
                     failures.report(p, str(exc))
-            if batch_images:
+            results, ms = {}, 0.0
+            if loaded:
                 t = time.perf_counter()
-                results = pipeline(batch_images)
-                ms = (time.perf_counter() - t) * 1000.0 / len(batch_images)
-                for p, img, res in zip(batch_paths, batch_images, results):
-                    row = {
-                        "path": str(p),
-                        "class": class_name,
-                        "score": round(res.score, 6),
-                        "anomalous": res.score >= threshold,
-                        "threshold": threshold,
-                        "ms": round(ms, 1),
-                        "method": "fade",
-                        "shots": shots_label,
-                        "banks": pipeline.banks,
-                    }
-                    if out is not None:
-                        try:
-                            row.update(_write_segmentation(out, output_stem(p, base), img, res.map, pixel_threshold))
-                        except OSError as exc:
-                            failures.report(p, f"cannot write outputs under {out} ({exc.strerror or exc})")
-                            continue
-                    print(json.dumps(row), flush=True)
+                results = dict(zip(loaded, pipeline(list(loaded.values()))))
+                ms = (time.perf_counter() - t) * 1000.0 / len(loaded)
+            for p in chunk:  # rows in input order, finished ones included
+                if p in already:
+                    row = finished[str(p.absolute())]
+                    print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+                    continue
+                if p not in results:
+                    continue
+                res = results[p]
+                row = {
+                    "path": str(p),
+                    "class": class_name,
+                    "score": round(res.score, 6),
+                    "anomalous": res.score >= threshold,
+                    "threshold": threshold,
+                    "ms": round(ms, 1),
+                    "method": "fade",
+                    "shots": shots_label,
+                    "banks": pipeline.banks,
+                }
+                if out is not None:
+                    try:
+                        row.update(_write_segmentation(out, output_stem(p, base), loaded[p], res.map, pixel_threshold))
+                    except OSError as exc:
+                        failures.report(p, f"cannot write outputs under {out} ({exc.strerror or exc})")
+                        continue
+                if record is not None:
+                    record.append(row, p)
+                print(json.dumps(row), flush=True)
             if progress:
                 progress.update(task, advance=len(todo[start : start + batch_size]))
     finally:
@@ -297,10 +331,16 @@ def _write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold:
         "overlay": base.with_name(base.name + ".overlay.png"),
         "mask": base.with_name(base.name + ".mask.png"),
     }
-    save_npy(paths["map"], full)
-    save_png(paths["overlay"], overlay(image, full))
     mask = full >= pixel_threshold
-    save_png(paths["mask"], Image.fromarray((mask * 255).astype(np.uint8), mode="L"))
+    try:
+        save_npy(paths["map"], full)
+        save_png(paths["overlay"], overlay(image, full))
+        save_png(paths["mask"], Image.fromarray((mask * 255).astype(np.uint8), mode="L"))
+    except BaseException:
+        # Ctrl-C or a full disk mid-image: discard this image's outputs, so no partial set remains.
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        raise
     return {
         "map_max": round(float(full.max()), 6),
         "anomalous_fraction": round(float(mask.mean()), 6),
@@ -334,6 +374,8 @@ def detect(
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    resume: ResumeOpt = False,
+    manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
@@ -368,6 +410,8 @@ def segment(
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    resume: ResumeOpt = False,
+    manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
@@ -593,8 +637,15 @@ def _root(
     """Training-free industrial anomaly detection and segmentation with CLIP (FADE)."""
 
 
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: FadeErrors become one stderr line and exit status 2."""
+    # cron and batch systems stop jobs with SIGTERM: handle it like Ctrl-C (clean stop, exit 130)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
     except FadeError as exc:
@@ -615,4 +666,7 @@ def main() -> None:
             print("fade: interrupted", file=sys.stderr)
             sys.exit(130)
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if code == 130:  # typer turns Ctrl-C into exit status 130 without a word
+        print("fade: interrupted", file=sys.stderr)
+    sys.exit(code)

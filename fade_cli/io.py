@@ -9,6 +9,7 @@ leaves a half-written file under its final name.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 import warnings
@@ -19,7 +20,7 @@ from typing import Iterable, TextIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k × 10k; raise with --max-pixels
@@ -197,3 +198,51 @@ def output_stem(path: Path, base: Path) -> Path:
 def common_base(paths: Iterable[Path]) -> Path:
     parents = [str(p.absolute().parent) for p in paths]
     return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+class Manifest:
+    """A JSONL record of finished images, for --resume.
+
+    A row is appended (flushed and fsynced) only after all of an image's outputs exist, so an
+    interruption never records unfinished work. Every row carries the run's settings
+    fingerprint: resuming with other settings is refused instead of mixing results.
+    """
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def finished(self) -> dict[str, dict]:
+        """Absolute input path -> recorded row, for rows whose output files all still exist."""
+        if not self.path.is_file():
+            return {}
+        done: dict[str, dict] = {}
+        with open(self.path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash: that image is simply redone
+                if row.get("settings") != self.fingerprint:
+                    raise UsageError(
+                        f"{self.path}: line {n} was written with other settings; use another output or drop --resume"
+                    )
+                if all(Path(p).is_file() for p in row.get("outputs", {}).values()):
+                    done[row["input"]] = row
+        return done
+
+    def append(self, row: dict, input_path: Path) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({**row, "input": str(input_path.absolute()), "settings": self.fingerprint}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)

@@ -211,3 +211,49 @@ def test_explain_ranks_descriptions(capsys, monkeypatch, image_dir, tmp_path):
     assert res["banks"] == ["winclip@1.0.0"] and len(res["anomalous"]) == 3 and len(res["normal"]) == 3
     sims = [r["similarity"] for r in res["anomalous"]]
     assert sims == sorted(sims, reverse=True) and all("bottle" in r["text"] for r in res["anomalous"])
+
+
+def test_resume_skips_finished_images_and_keeps_order(capsys, monkeypatch, image_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", str(image_dir), "--out", str(out), "-q", *FAST]
+    code, first, _ = run(capsys, monkeypatch, *args, cache=tmp_path)
+    assert code == 0
+    first_rows = rows(first)
+    stamp = {r["path"]: Path(r["outputs"]["map"]).stat().st_mtime_ns for r in first_rows}
+    Path(first_rows[1]["outputs"]["overlay"]).unlink()  # image 2's outputs are now incomplete
+    code, second, stderr = run(capsys, monkeypatch, *args, "--resume", cache=tmp_path)
+    assert code == 0
+    second_rows = rows(second)
+    assert [r["path"] for r in second_rows] == [r["path"] for r in first_rows]  # input order
+    assert [r["score"] for r in second_rows] == [r["score"] for r in first_rows]
+    for i, r in enumerate(second_rows):
+        changed = Path(r["outputs"]["map"]).stat().st_mtime_ns != stamp[r["path"]]
+        assert changed == (i == 1)  # only the incomplete image was redone
+    code, _, stderr = run(capsys, monkeypatch, *args, "--resume", "--threshold", "0.9", cache=tmp_path)
+    assert code == 2 and "other settings" in stderr
+
+
+def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(capsys, monkeypatch, image_dir, tmp_path):
+    import fade_cli.cli as cli
+
+    out = tmp_path / "out"
+    real_save_png, calls = cli.save_png, []
+
+    def interrupted_save_png(path, image):
+        calls.append(path)
+        if len(calls) == 3:  # the second image's overlay: after its map was written
+            raise KeyboardInterrupt
+        real_save_png(path, image)
+
+    monkeypatch.setattr(cli, "save_png", interrupted_save_png)
+    code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", *FAST, cache=tmp_path)
+    assert code == 130 and "interrupted" in stderr
+    assert len(rows(stdout)) == 1
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 1 and json.loads(manifest[0])["path"].endswith("img0.png")
+    assert not (out / "img1.map.npy").exists()  # no partial set for the interrupted image
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(cli, "save_png", real_save_png)
+    code, stdout, _ = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", "--resume", *FAST, cache=tmp_path)
+    assert code == 0 and len(rows(stdout)) == 3
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 3
