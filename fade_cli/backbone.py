@@ -268,7 +268,7 @@ class Backbone:
         return out
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_texts(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         """Texts -> (T, D) L2-normalised embeddings, as open_clip's encode_text.
 
         The causal mask means the end-of-text token never sees padding, so each batch runs at
