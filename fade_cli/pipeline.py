@@ -15,13 +15,13 @@ The pipeline does no file I/O: it takes PIL images and returns tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
 
 from . import __version__
-from .backbone import Backbone, preprocess_batch
+from .backbone import Backbone, ImageEmbeddings, preprocess_batch
 from .config import FadeConfig
 from .errors import MemoryBankError, UsageError
 from .guidance import fuse_scales, language_score, to_grid
@@ -76,9 +76,11 @@ class FadePipeline:
         cls_text: TextClassifier | None,
         seg_text: TextClassifier | None,
         reference_bank: MemoryBank | None = None,
+        few_shot: bool | None = None,
     ):
         self.backbone = backbone
-        self.few_shot = reference_bank is not None
+        # few_shot without a bank: the bank comes with each `score` call (evaluation over seeds)
+        self.few_shot = reference_bank is not None if few_shot is None else few_shot
         self.config = config.resolved(self.few_shot)
         self.class_name = class_name
         self.cls_text = cls_text
@@ -133,51 +135,58 @@ class FadePipeline:
                     labels.append(b)
         return labels
 
-    @property
-    def uses_vision(self) -> bool:
-        return self.config.segmentation != "language" or (self.few_shot and self.config.classification != "language")
-
-    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
+    def _features(self, scale: int) -> tuple[bool, set[str]]:
+        """What this configuration needs at one scale: (CLS?, patch features)."""
         cfg = self.config
-        seg_lang = cfg.segmentation != "vision"
-        seg_vis = cfg.segmentation != "language"
-        cls_lang = cfg.classification != "vision"
-        cls_vis = cfg.classification != "language" and self.few_shot
-        need_vis = seg_vis or cls_vis
+        feats = set()
+        if scale in cfg.seg_scales:
+            if cfg.segmentation != "vision":
+                feats.add(cfg.seg_feature)
+            if cfg.segmentation != "language" or (self.few_shot and cfg.classification != "language"):
+                feats.add(cfg.vision_feature)
+        return scale == cfg.cls_scale and cfg.classification != "vision", feats
+
+    def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> dict[int, ImageEmbeddings]:
+        """One forward per scale. `extra_features` ('clip', 'gem') adds patches at the segmentation
+        scales so that other configurations can score the same embeddings."""
+        cfg = self.config
+        out = {}
+        for scale in sorted({cfg.cls_scale, *cfg.seg_scales}):
+            want_cls, feats = self._features(scale)
+            if scale in cfg.seg_scales:
+                feats |= set(extra_features)
+            out[scale] = self.backbone.encode_images(
+                preprocess_batch(images, scale), want_cls=want_cls, want_clip="clip" in feats,
+                want_gem="gem" in feats, gem_iterations=cfg.gem_iterations,
+            )
+        return out
+
+    def score(self, embeddings: dict[int, ImageEmbeddings], reference_bank: MemoryBank | None = None) -> list[Result]:
+        """Scores and fused maps from embeddings (FADE sec. 3); `reference_bank` overrides the pipeline's."""
+        cfg = self.config
+        bank = reference_bank if reference_bank is not None else self.reference_bank
+        if self.few_shot and bank is None:
+            raise UsageError("few-shot scoring needs a reference bank")
+        if reference_bank is not None:
+            self._check_bank(reference_bank)
         if cfg.classification == "vision" and not self.few_shot:
             raise UsageError("vision-guided classification needs reference images (--refs or --bank)")
+        seg_lang = cfg.segmentation != "vision"
+        cls_lang = cfg.classification != "vision"
+        cls_vis = cfg.classification != "language" and self.few_shot
+        need_vis = cfg.segmentation != "language" or cls_vis
 
-        lang_maps, vis_maps, ac = [], [], None
-        for scale in sorted({cfg.cls_scale, *cfg.seg_scales}):
-            is_seg = scale in cfg.seg_scales
-            feats_needed = set()
-            if is_seg and seg_lang:
-                feats_needed.add(cfg.seg_feature)
-            if is_seg and need_vis:
-                feats_needed.add(cfg.vision_feature)
-            want_cls = scale == cfg.cls_scale and cls_lang
-            emb = self.backbone.encode_images(
-                preprocess_batch(images, scale),
-                want_cls=want_cls,
-                want_clip="clip" in feats_needed,
-                want_gem="gem" in feats_needed,
-                gem_iterations=cfg.gem_iterations,
-            )
-            if want_cls:
-                ac = language_score(emb.cls, self.cls_text)
-            if not is_seg:
-                continue
+        lang_maps, vis_maps = [], []
+        ac = language_score(embeddings[cfg.cls_scale].cls, self.cls_text) if cls_lang else None
+        for scale in cfg.seg_scales:
+            emb = embeddings[scale]
             if seg_lang:
                 patches = emb.gem if cfg.seg_feature == "gem" else emb.clip
                 lang_maps.append(to_grid(language_score(patches, self.seg_text)))
             if need_vis:
                 patches = emb.gem if cfg.vision_feature == "gem" else emb.clip
-                if self.few_shot:
-                    vis = self.reference_bank.score(scale, patches)
-                else:
-                    vis = self_knn_distance(patches, k=2)
+                vis = bank.score(scale, patches) if self.few_shot else self_knn_distance(patches, k=2)
                 vis_maps.append(to_grid(vis))
-            del emb
 
         m, w = cfg.vision_multiplier, cfg.vision_weight
         vision = fuse_scales(vis_maps) * m if vis_maps else None
@@ -188,6 +197,7 @@ class FadePipeline:
             fused = language if cfg.segmentation == "language" else vision
         fused = fused.clamp(0.0, 1.0)
 
+        # the official code takes the max of the vision map after the multiplier
         vis_score = vision.amax(dim=(1, 2)) if vision is not None else None
         if cls_lang and cls_vis:
             score = 0.5 * (ac + vis_score)
@@ -196,18 +206,18 @@ class FadePipeline:
         else:
             score = ac
         score = score.clamp(0.0, 1.0)
-
-        results = []
-        for i in range(len(images)):
-            results.append(
-                Result(
-                    score=float(score[i]),
-                    map=fused[i].float().cpu(),
-                    language_score=float(ac[i]) if ac is not None else None,
-                    vision_score=float(vis_score[i]) if vis_score is not None else None,
-                )
+        return [
+            Result(
+                score=float(score[i]),
+                map=fused[i].float().cpu(),
+                language_score=float(ac[i]) if ac is not None else None,
+                vision_score=float(vis_score[i]) if vis_score is not None else None,
             )
-        return results
+            for i in range(score.shape[0])
+        ]
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
+        return self.score(self.embed(images))
 
 
 def _banks(specs: Sequence[str]) -> list[PromptBank]:

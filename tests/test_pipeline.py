@@ -108,3 +108,24 @@ def test_bank_from_other_model_or_scales_is_refused(tiny_backbone, banks, tmp_pa
     bank.meta["weights_id"] = "other"
     with pytest.raises(MemoryBankError, match="built with"):
         FadePipeline.from_config(tiny_backbone, config, "x", bank, TextEncoderCache(tiny_backbone, tmp_path))
+
+
+def test_embed_once_then_score_with_several_banks(tiny_backbone, banks, tmp_path):
+    """Evaluation embeds each test image once and scores every shot/seed bank from it."""
+    cls_bank, seg_bank = banks
+    config = FadeConfig(cls_scale=32, seg_scales=(32, 64), cls_prompts=(cls_bank,), seg_prompts=(seg_bank,))
+    cache = TextEncoderCache(tiny_backbone, tmp_path)
+    zero = FadePipeline.from_config(tiny_backbone, config, "x", None, cache)
+    few = FadePipeline(tiny_backbone, config, "x", zero.cls_text, zero.seg_text, few_shot=True)
+    images = [random_image(1), random_image(2)]
+    embs = zero.embed(images, extra_features=("clip",))
+    for z, direct in zip(zero.score(embs), zero(images)):
+        assert z.score == direct.score and torch.equal(z.map, direct.map)
+    for seed in range(2):
+        bank = build_reference_bank(tiny_backbone, [random_image(40 + seed)], (32, 64), "clip")
+        direct = FadePipeline.from_config(tiny_backbone, config, "x", bank, cache)(images)
+        for a, b in zip(few.score(embs, bank), direct):
+            assert a.score == pytest.approx(b.score, abs=1e-6)
+            torch.testing.assert_close(a.map, b.map, atol=1e-6, rtol=0)
+    with pytest.raises(Exception, match="needs a reference bank"):
+        few.score(embs)
