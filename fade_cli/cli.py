@@ -25,7 +25,8 @@ from . import __version__
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM_WEIGHTS
 from .config import FadeConfig
 from .errors import FadeError, ImageError, UsageError
-from .io import DEFAULT_MAX_PIXELS, InputItem, Manifest, common_base, expand_inputs, load_image, output_stem, overlay, save_npy, save_png
+from .io import (DEFAULT_MAX_PIXELS, InputItem, Manifest, atomic_write, common_base, expand_inputs, load_image,
+                 output_stem, overlay, save_npy, save_png)
 
 app = typer.Typer(
     name="fade",
@@ -106,6 +107,10 @@ def _progress(total: int, quiet: bool) -> Progress | None:
 def _log(quiet: bool, message: str) -> None:
     if not quiet:
         err.print(f"fade: {message}")
+
+
+def save_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _resolve_model_name(model: str) -> str:
@@ -418,6 +423,152 @@ def segment(
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
     (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
     raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+
+
+@app.command("eval")
+def eval_command(
+    root: Annotated[Path, typer.Argument(help="Dataset root (MVTec-AD, VisA, or a folder with good/ bad/ [masks/] [train/]).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")] = "mvtec",
+    classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Classes to evaluate, comma-separated or repeated. Default: all found.", show_default=False)] = None,
+    method: Annotated[str, typer.Option("--method", help="fade (alfa is not available yet).")] = "fade",
+    shots: Annotated[str, typer.Option("--shots", help="Shot counts, comma-separated; 0 = zero-shot.")] = "0",
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 that choose the few-shot references.")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, results.csv, per_image.csv and per-class checkpoints.")] = Path("fade-eval"),
+    eval_size: Annotated[int, typer.Option("--eval-size", min=16, help="Maps and masks are compared at this size (official: 448).")] = 448,
+    split_csv: Annotated[Optional[Path], typer.Option("--split-csv", help="VisA split file. Default: ROOT/split_csv/1cls.csv.", show_default=False)] = None,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write every map (.npy at the evaluation size) under OUT/maps.")] = False,
+    save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write heatmap overlays under OUT/overlays.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep classes already finished in OUT with the same settings.")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
+    mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
+    from .backbone import load_backbone
+    from .datasets import DATASETS, list_classes, read_split
+    from .evaluation import evaluate_class, markdown_table, runs_for, summarize
+    from .prompts import TextEncoderCache
+
+    if method != "fade":
+        raise UsageError(f"--method {method}: only fade is available in this release")
+    if dataset not in DATASETS:
+        raise UsageError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
+    try:
+        shot_list = sorted({int(s) for s in shots.split(",") if s.strip()})
+    except ValueError:
+        raise UsageError(f"--shots {shots!r}: expected comma-separated integers like 0,1,2,4") from None
+    if not shot_list or min(shot_list) < 0:
+        raise UsageError("--shots: give one or more counts >= 0")
+    available = list_classes(root, dataset, split_csv)
+    wanted = list(_split_list(classes)) or available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise UsageError(f"unknown class(es) {', '.join(unknown)} under {root} (found: {', '.join(available)})")
+    defaults = FadeConfig()
+    config = FadeConfig(cls_scale=cls_scale, seg_scales=_parse_scales(scales),
+                        cls_prompts=_split_list(cls_prompts) or defaults.cls_prompts,
+                        seg_prompts=_split_list(seg_prompts) or defaults.seg_prompts,
+                        vision_feature=vision_feature, vision_multiplier=vision_multiplier, vision_weight=vision_weight)
+    problems = config.check()
+    if problems:
+        raise UsageError(problems[0])
+    runs = runs_for(shot_list, seeds)
+    backbone = load_backbone(_resolve_model_name(model), pretrained, device, precision)
+    cache = TextEncoderCache(backbone, cache_dir, frame=config.text_frame)
+    from .prompts import load_bank
+
+    banks = [load_bank(b).label for b in dict.fromkeys(config.cls_prompts + config.seg_prompts)]
+    settings = {"dataset": dataset, "root": str(root.absolute()), "method": method, "model": backbone.model_name,
+                "pretrained": pretrained, "weights_id": backbone.weights_id, "config": config.as_dict(), "banks": banks,
+                "shots": shot_list, "seeds": seeds, "eval_size": eval_size, "fade_version": __version__}
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    checkpoints = out / "classes"
+    results = []
+    for name in wanted:
+        ckpt = checkpoints / f"{name}.json"
+        if resume and ckpt.is_file():
+            saved = json.loads(ckpt.read_text())
+            if saved.get("settings") == fingerprint:
+                _log(quiet, f"{name}: finished earlier, kept")
+                results.append(saved)
+                continue
+        split = read_split(root, dataset, name if dataset != "folder" else None, split_csv)
+        progress = _progress(len(split.test), quiet)
+        task = progress.add_task(name, total=len(split.test)) if progress else None
+        t0 = time.perf_counter()
+        if progress:
+            progress.start()
+        try:
+            res = evaluate_class(backbone, config, split, runs, cache, eval_size, batch_size,
+                                 out / "maps" if save_maps else None, out / "overlays" if save_overlays else None,
+                                 on_image=(lambda: progress.update(task, advance=1)) if progress else None)
+        finally:
+            if progress:
+                progress.stop()
+        seconds = time.perf_counter() - t0
+        record = {**res.as_dict(), "settings": fingerprint, "seconds": round(seconds, 2),
+                  "seconds_per_image": round(seconds / len(split.test), 3)}
+        save_bytes(ckpt, json.dumps(record, indent=1).encode())
+        _log(quiet, f"{name}: {len(split.test)} test images, {seconds:.1f} s ({seconds / len(split.test):.2f} s/image)")
+        results.append(record)
+    summary = summarize(results, runs)
+    save_bytes(out / "results.json", json.dumps({"settings": settings, "summary": summary,
+                                                 "classes": [{k: v for k, v in r.items() if k != "images"} for r in results]},
+                                                indent=1).encode())
+    _write_eval_csvs(out, results)
+    print(markdown_table(summary))
+    _log(quiet, f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'per_image.csv'}")
+
+
+def _write_eval_csvs(out: Path, results: list[dict]) -> None:
+    import csv
+    import io as _io
+
+    from .evaluation import METRIC_KEYS
+
+    table = _io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["class", "shots", "seed", *METRIC_KEYS, "references"])
+    for r in results:
+        for run in r["runs"]:
+            w.writerow([r["class"], run["shots"], run["seed"], *[run["metrics"].get(m, "") for m in METRIC_KEYS],
+                        ";".join(run["references"])])
+    save_bytes(out / "results.csv", table.getvalue().encode())
+    per_image = _io.StringIO()
+    w = csv.writer(per_image)
+    w.writerow(["class", "run", "path", "label", "defect", "score"])
+    for r in results:
+        for img in r["images"]:
+            for run, score in img["scores"].items():
+                w.writerow([r["class"], run, img["path"], img["label"], img["defect"], score])
+    save_bytes(out / "per_image.csv", per_image.getvalue().encode())
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
+    classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Class names (textures: tiles, weave).")] = None,
+    size: Annotated[int, typer.Option("--size", min=32, help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Write a small synthetic MVTec-layout dataset (textures with painted defects and masks) for tests and demos."""
+    from .demo_data import make_demo_dataset
+
+    names = _split_list(classes) or ("tiles", "weave")
+    make_demo_dataset(out, classes=names, size=size, seed=seed)
+    print(f"wrote {out} ({', '.join(names)}): try `fade eval {out} --dataset mvtec --shots 0,1 --seeds 2`")
 
 
 bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot memory banks).", no_args_is_help=True)

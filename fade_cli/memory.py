@@ -73,6 +73,17 @@ class MemoryBank:
         bank = self.patches[scale].to(query.device, query.dtype)
         return torch.stack([knn_distance(q, bank, 1) for q in query])
 
+    @classmethod
+    def concat(cls, banks: list["MemoryBank"]) -> "MemoryBank":
+        """One bank holding the patches of several (same model, scales, feature)."""
+        first = banks[0]
+        for b in banks[1:]:
+            if sorted(b.patches) != sorted(first.patches) or b.meta.get("feature") != first.meta.get("feature"):
+                raise MemoryBankError("cannot join reference banks of different scales or features")
+        patches = {s: torch.cat([b.patches[s] for b in banks]) for s in first.patches}
+        meta = dict(first.meta, n_images=sum(int(b.meta.get("n_images", 1)) for b in banks))
+        return cls(patches=patches, meta=meta)
+
     def save(self, path: Path) -> None:
         """Write atomically: a half-written bank never appears under `path`."""
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}

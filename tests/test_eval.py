@@ -1,0 +1,79 @@
+"""`fade eval` end to end on the synthetic MVTec-layout set with the tiny model."""
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from fade_cli.cli import main
+from fade_cli.demo_data import make_demo_dataset
+from fade_cli.metrics import image_auroc
+
+from conftest import TINY_CONFIG
+
+FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
+        "--seg-prompts", "winclip", "--eval-size", "64", "-q"]
+
+
+def run(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["fade", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("d") / "demo", n_train=6)
+
+
+def test_eval_tables_files_and_resume(capsys, monkeypatch, demo, tmp_path):
+    monkeypatch.setenv("FADE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    code, stdout, stderr = run(capsys, monkeypatch, "eval", str(demo), "--dataset", "mvtec", "--shots", "0,1,2",
+                               "--seeds", "3", "--out", str(out), "--save-maps", *FAST)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith("| shots | class | AUROC | AUPR | F1-max | pAUROC | pF1-max | PRO |")
+    assert sum("**mean**" in l for l in lines) == 3 and sum("| tiles |" in l for l in lines) == 3
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["shots"] == [0, 1, 2] and results["settings"]["banks"] == ["winclip@1.0.0"]
+    by_class = {c["class"]: c for c in results["classes"]}
+    assert len(by_class["tiles"]["runs"]) == 1 + 3 + 3  # 0-shot once, 3 seeds for 1 and 2 shots
+    for run_ in by_class["tiles"]["runs"]:
+        assert len(run_["references"]) == run_["shots"]
+        for v in run_["metrics"].values():
+            assert 0.0 <= v <= 100.0
+    # image AUROC in the table equals the AUROC of the per-image scores
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2 * 9 * 7
+    for run_ in by_class["weave"]["runs"]:
+        label = f"{run_['shots']}shot_seed{run_['seed']}"
+        sel = [r for r in rows if r["class"] == "weave" and r["run"] == label]
+        auroc = 100 * image_auroc(np.array([int(r["label"]) for r in sel]), np.array([float(r["score"]) for r in sel]))
+        assert auroc == pytest.approx(run_["metrics"]["image_auroc"], abs=1e-3)
+    mean = results["summary"]["mean"]["1"]["pixel_auroc"]
+    assert mean["n"] == 3 and mean["std"] >= 0
+    saved = list((out / "maps").rglob("*.npy"))
+    assert len(saved) == 2 * 9 * 7 and np.load(saved[0]).shape == (64, 64)
+    # --resume keeps finished classes
+    stamp = (out / "classes" / "tiles.json").stat().st_mtime_ns
+    code, stdout2, stderr = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,1,2", "--seeds", "3",
+                                "--out", str(out), "--resume", *FAST[:-1])
+    assert code == 0 and "tiles: finished earlier, kept" in stderr and stdout2 == stdout
+    assert (out / "classes" / "tiles.json").stat().st_mtime_ns == stamp
+
+
+def test_eval_errors(capsys, monkeypatch, demo, tmp_path):
+    code, _, stderr = run(capsys, monkeypatch, "eval", str(demo), "--classes", "bottle", "--out", str(tmp_path), *FAST)
+    assert code == 2 and "unknown class(es) bottle" in stderr and "tiles" in stderr
+    broken = tmp_path / "broken"
+    make_demo_dataset(broken, classes=("tiles",))
+    next((broken / "tiles" / "ground_truth" / "scratch").glob("*.png")).unlink()
+    code, _, stderr = run(capsys, monkeypatch, "eval", str(broken), "--out", str(tmp_path / "o"), *FAST)
+    assert code == 2 and "mask" in stderr and "Traceback" not in stderr
+    code, _, stderr = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,x", "--out", str(tmp_path), *FAST)
+    assert code == 2 and "--shots" in stderr
