@@ -752,6 +752,41 @@ def prompts_validate(files: Annotated[list[Path], typer.Argument(help="Bank JSON
     raise typer.Exit(1 if bad else 0)
 
 
+@prompts_app.command("generate")
+def prompts_generate(
+    class_name: Annotated[str, typer.Option("--class", "-c", help="The new product class, e.g. gear_wheel.")],
+    llm_url: Annotated[str, typer.Option("--llm-url", help="Base URL of an OpenAI-compatible chat endpoint, e.g. http://localhost:8000/v1.")],
+    llm_model: Annotated[str, typer.Option("--model", help="Model name the endpoint serves.")] = "gpt-4o-mini",
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Name of the environment variable holding the API key (never pass keys on the command line).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bank file to write. Default: CLASS-llm.json.", show_default=False)] = None,
+    per_state: Annotated[int, typer.Option("--per-state", min=1, help="Items asked for in each instruction.")] = 50,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per request.")] = 60.0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Extra attempts on connection errors, timeouts, 429 and 5xx.")] = 3,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a new versioned prompt bank for a product class by asking an LLM with the FADE, ALFA and FiLo recipes."""
+    import os
+
+    from .generate import LLMClient, generate_bank, write_bank
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    client = LLMClient(url=llm_url, model=llm_model, api_key=key, timeout=timeout, retries=retries)
+    _log(quiet, f"asking {client.endpoint} ({llm_model}) for '{class_name}' prompts")
+    bank = generate_bank(client, class_name, per_state=per_state)
+    path = output or Path(f"{bank['name']}.json")
+    write_bank(bank, path, overwrite=overwrite)
+    cls_section = bank.get("classes", {}).get(class_name, {})
+    _log(quiet, f"wrote {path}: {len(bank['prompts']['normal'])} + {len(cls_section.get('normal', []))} normal, "
+                f"{len(bank['prompts']['anomalous'])} + {len(cls_section.get('anomalous', []))} anomalous prompts "
+                f"(object-agnostic + per-class); check it with `fade prompts show {path} --class {class_name}`")
+    print(str(path))
+
+
 @prompts_app.command("embed")
 def prompts_embed(
     banks: Annotated[list[str], typer.Argument(help="Bank names or paths to pre-embed.")],
