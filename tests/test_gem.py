@@ -50,6 +50,19 @@ def test_batch_equals_single_images(tiny_backbone):
         torch.testing.assert_close(both.clip[i], one.clip[0], atol=1e-5, rtol=0)
 
 
+def test_batches_are_chunked_by_token_budget(tiny_backbone, monkeypatch):
+    imgs = [random_image(i) for i in range(5)]
+    whole = tiny_backbone.encode_images(preprocess_batch(imgs, 64))
+    monkeypatch.setattr(type(tiny_backbone), "max_batch_tokens", property(lambda self: 40))  # 2 images of 17 tokens
+    calls = []
+    real = type(tiny_backbone)._encode_chunk
+    monkeypatch.setattr(type(tiny_backbone), "_encode_chunk", lambda self, px, *a: calls.append(px.shape[0]) or real(self, px, *a))
+    chunked = tiny_backbone.encode_images(preprocess_batch(imgs, 64))
+    assert calls == [2, 2, 1]
+    for name in ("cls", "clip", "gem"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-6, rtol=0)
+
+
 def test_skipping_the_last_normal_block_leaves_gem_unchanged(tiny_backbone):
     pixels = preprocess_batch([random_image(7)], 64)
     full = tiny_backbone.encode_images(pixels)
