@@ -93,6 +93,12 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse i
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip images the manifest records as finished (their outputs still present); their recorded lines are printed again.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="JSONL record of finished images, for --resume. Default for segment: OUT/manifest.jsonl.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr (errors are still printed).")]
+# method options
+MethodOpt = Annotated[str, typer.Option("--method", help="fade (default), alfa (run-time prompt adaptation + fine-grained aligner) or filo (FADE with the training-free FiLo parts).")]
+WindowsOpt = Annotated[str, typer.Option("--windows", help="alfa: aligner window sizes r in patches, comma-separated (paper: 2,3; 2,3,4 is slower).")]
+NoAlignerOpt = Annotated[bool, typer.Option("--no-aligner", help="alfa ablation: local maps against the global prompt embeddings (no global-to-local projection).")]
+NoRtpOpt = Annotated[bool, typer.Option("--no-rtp", help="alfa ablation: keep every prompt (same as --prompt-filter none).")]
+PromptFilterOpt = Annotated[str, typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0), filo (FiLo++ overlap interval) or none.")]
 
 
 def _progress(total: int, quiet: bool) -> Progress | None:
@@ -187,10 +193,12 @@ def _run(
     pixel_threshold: float = 0.5,
     resume: bool = False,
     manifest: Path | None = None,
+    method: str = "fade",
+    **method_options,
 ) -> int:
-    from .backbone import load_backbone
-    from .pipeline import FadePipeline, build_reference_bank
+    from .pipeline import build_reference_bank
     from .prompts import TextEncoderCache
+    from .runner import OutputSpec, build_pipeline, load_spec_backbone, score_chunk
 
     items = expand_inputs(images)
     if not items:
@@ -201,7 +209,99 @@ def _run(
             failures.report(item.path, item.error)
     todo = [i.path for i in items if not i.error]
     ref_paths = _references(refs, shots, shots_seed, items) if refs else []
+    if bank is not None and refs:
+        raise UsageError("give either --refs or --bank, not both")
 
+    spec = _scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
+                        scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
+                        vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
+                        segmentation_mode=segmentation_mode, classification_mode=classification_mode, **method_options)
+
+    t0 = time.perf_counter()
+    backbone = load_spec_backbone(spec)
+    _log(quiet, f"loaded {spec.model} ({pretrained}) on {backbone.device}")
+    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    reference_bank = None
+    if bank is not None:
+        from .memory import MemoryBank
+
+        reference_bank = MemoryBank.load(bank)
+        _log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
+    if ref_paths:
+        scales_needed, feature = _bank_layout(spec)
+        _log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, scales_needed))} px")
+        ref_images = []
+        for p in ref_paths:
+            try:
+                ref_images.append(load_image(p, max_pixels))
+            except ImageError as exc:
+                raise UsageError(f"reference {p}: {exc}") from None
+        reference_bank = build_reference_bank(backbone, ref_images, scales_needed, feature,
+                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+    pipeline = build_pipeline(spec, backbone, reference_bank, cache)
+    _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({pipeline.method_label}, "
+                f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
+                f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
+
+    output = OutputSpec(threshold=threshold, base=common_base(todo) if todo else Path.cwd(), out=out,
+                        pixel_threshold=pixel_threshold, max_pixels=max_pixels,
+                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0)
+    if manifest is None and out is not None:
+        manifest = out / "manifest.jsonl"
+    if resume and manifest is None:
+        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
+    record = None
+    finished: dict[str, dict] = {}
+    if manifest is not None:
+        settings = {"model": backbone.model_name, "weights": backbone.weights_id, "method": pipeline.method_label,
+                    "config": pipeline.config.as_dict(), "class": class_name, "banks": pipeline.banks,
+                    "threshold": threshold, "pixel_threshold": pixel_threshold if out is not None else None,
+                    "out": str(out) if out else None,
+                    "references": reference_bank.meta.get("images") if reference_bank else None}
+        record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        finished = record.finished() if resume else {}
+    already = {p for p in todo if str(p.absolute()) in finished}
+    if already:
+        _log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
+    progress = _progress(len(todo), quiet)
+    task = progress.add_task("scoring", total=len(todo)) if progress else None
+    if progress:
+        progress.start()
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            outcomes = {o.path: o for o in score_chunk(pipeline, [p for p in chunk if p not in already], spec, output)}
+            for p in chunk:  # rows in input order, finished ones included
+                if p in already:
+                    row = finished[str(p.absolute())]
+                    print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+                    continue
+                outcome = outcomes[p]
+                if outcome.error is not None:
+                    failures.report(p, outcome.error)
+                    continue
+                if record is not None:
+                    record.append(outcome.row, p)
+                print(json.dumps(outcome.row), flush=True)
+            if progress:
+                progress.update(task, advance=len(chunk))
+    finally:
+        if progress:
+            progress.stop()
+    ok = len(items) - failures.count
+    _log(quiet, f"{ok} ok, {failures.count} failed")
+    return 1 if failures.count else 0
+
+
+def _scorer_spec(method: str, class_name: str, model: str, pretrained: str, device: str, precision: str,
+                 cache_dir: Path | None, use_cache: bool, *, scales: str, cls_scale: int, cls_prompts, seg_prompts,
+                 vision_multiplier, vision_weight, vision_feature, segmentation_mode: str = "both",
+                 classification_mode: str = "both", **method_options):
+    """Command-line options -> a validated ScorerSpec (method settings as data)."""
+    from .runner import METHODS, ScorerSpec
+
+    if method not in METHODS:
+        raise UsageError(f"--method {method}: expected one of {', '.join(METHODS)}")
     defaults = FadeConfig()
     config = FadeConfig(
         cls_scale=cls_scale,
@@ -217,140 +317,26 @@ def _run(
     problems = config.check()
     if problems:
         raise UsageError(problems[0])
+    alfa = None
+    if method == "alfa":
+        from .alfa import alfa_config_from_options
 
-    t0 = time.perf_counter()
-    model_name = _resolve_model_name(model)
-    backbone = load_backbone(model_name, pretrained, device, precision)
-    _log(quiet, f"loaded {model_name} ({pretrained}) on {backbone.device}")
-    cache = TextEncoderCache(backbone, cache_dir, frame=config.text_frame, enabled=not no_cache)
-    reference_bank = None
-    if bank is not None and refs:
-        raise UsageError("give either --refs or --bank, not both")
-    if bank is not None:
-        from .memory import MemoryBank
-
-        reference_bank = MemoryBank.load(bank)
-        _log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
-    if ref_paths:
-        few = config.resolved(few_shot=True)
-        _log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, few.seg_scales))} px")
-        ref_images = []
-        for p in ref_paths:
-            try:
-                ref_images.append(load_image(p, max_pixels))
-            except ImageError as exc:
-                raise UsageError(f"reference {p}: {exc}") from None
-        reference_bank = build_reference_bank(backbone, ref_images, few.seg_scales, few.vision_feature,
-                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
-    pipeline = FadePipeline.from_config(backbone, config, class_name, reference_bank, cache)
-    _log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
-                f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
-
-    shots_label = int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0
-    base = common_base(todo) if todo else Path.cwd()
-    if manifest is None and out is not None:
-        manifest = out / "manifest.jsonl"
-    if resume and manifest is None:
-        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
-    record = None
-    finished: dict[str, dict] = {}
-    if manifest is not None:
-        settings = {"model": backbone.model_name, "weights": backbone.weights_id, "config": pipeline.config.as_dict(),
-                    "class": class_name, "banks": pipeline.banks, "threshold": threshold,
-                    "pixel_threshold": pixel_threshold if out is not None else None, "out": str(out) if out else None,
-                    "references": reference_bank.meta.get("images") if reference_bank else None}
-        record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
-        finished = record.finished() if resume else {}
-    already = {p for p in todo if str(p.absolute()) in finished}
-    if already:
-        _log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
-    progress = _progress(len(todo), quiet)
-    task = progress.add_task("scoring", total=len(todo)) if progress else None
-    if progress:
-        progress.start()
-    try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            loaded = {}
-            for p in chunk:
-                if p in already:
-                    continue
-                try:
-                    loaded[p] = load_image(p, max_pixels)
-                except ImageError as exc:
-                    failures.report(p, str(exc))
-            results, ms = {}, 0.0
-            if loaded:
-                t = time.perf_counter()
-                results = dict(zip(loaded, pipeline(list(loaded.values()))))
-                ms = (time.perf_counter() - t) * 1000.0 / len(loaded)
-            for p in chunk:  # rows in input order, finished ones included
-                if p in already:
-                    row = finished[str(p.absolute())]
-                    print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
-                    continue
-                if p not in results:
-                    continue
-                res = results[p]
-                row = {
-                    "path": str(p),
-                    "class": class_name,
-                    "score": round(res.score, 6),
-                    "anomalous": res.score >= threshold,
-                    "threshold": threshold,
-                    "ms": round(ms, 1),
-                    "method": "fade",
-                    "shots": shots_label,
-                    "banks": pipeline.banks,
-                }
-                if out is not None:
-                    try:
-                        row.update(_write_segmentation(out, output_stem(p, base), loaded[p], res.map, pixel_threshold))
-                    except OSError as exc:
-                        failures.report(p, f"cannot write outputs under {out} ({exc.strerror or exc})")
-                        continue
-                if record is not None:
-                    record.append(row, p)
-                print(json.dumps(row), flush=True)
-            if progress:
-                progress.update(task, advance=len(todo[start : start + batch_size]))
-    finally:
-        if progress:
-            progress.stop()
-    ok = len(items) - failures.count
-    _log(quiet, f"{ok} ok, {failures.count} failed")
-    return 1 if failures.count else 0
+        alfa = alfa_config_from_options(cls_prompts=_split_list(cls_prompts), image_size=cls_scale, **method_options)
+    model_config = Path(model).absolute() if model.endswith(".json") else None
+    return ScorerSpec(method=method, class_name=class_name, config=config, model=_resolve_model_name(model),
+                      pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir,
+                      use_cache=use_cache, model_config=model_config, alfa=alfa)
 
 
-def _write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float) -> dict:
-    """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG)."""
-    from PIL import Image
+def _bank_layout(spec) -> tuple[tuple[int, ...], str]:
+    """Scales and patch feature a reference bank needs for this method (few-shot)."""
+    if spec.method == "alfa":
+        from .alfa import AlfaConfig
 
-    from .guidance import resize_map
-
-    w, h = image.size
-    full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
-    base = out / stem
-    paths = {
-        "map": base.with_name(base.name + ".map.npy"),
-        "overlay": base.with_name(base.name + ".overlay.png"),
-        "mask": base.with_name(base.name + ".mask.png"),
-    }
-    mask = full >= pixel_threshold
-    try:
-        save_npy(paths["map"], full)
-        save_png(paths["overlay"], overlay(image, full))
-        save_png(paths["mask"], Image.fromarray((mask * 255).astype(np.uint8), mode="L"))
-    except BaseException:
-        # Ctrl-C or a full disk mid-image: discard this image's outputs, so no partial set remains.
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-        raise
-    return {
-        "map_max": round(float(full.max()), 6),
-        "anomalous_fraction": round(float(mask.mean()), 6),
-        "outputs": {k: str(v) for k, v in paths.items()},
-    }
+        cfg = spec.alfa or AlfaConfig()
+        return (cfg.image_size,), cfg.vision_feature
+    few = spec.config.resolved(few_shot=True)
+    return few.seg_scales, few.vision_feature
 
 
 @app.command()
@@ -375,6 +361,11 @@ def detect(
     vision_feature: VisFeatOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -411,6 +402,11 @@ def segment(
     vision_feature: VisFeatOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -430,7 +426,7 @@ def eval_command(
     root: Annotated[Path, typer.Argument(help="Dataset root (MVTec-AD, VisA, or a folder with good/ bad/ [masks/] [train/]).")],
     dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")] = "mvtec",
     classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Classes to evaluate, comma-separated or repeated. Default: all found.", show_default=False)] = None,
-    method: Annotated[str, typer.Option("--method", help="fade (alfa is not available yet).")] = "fade",
+    method: MethodOpt = "fade",
     shots: Annotated[str, typer.Option("--shots", help="Shot counts, comma-separated; 0 = zero-shot.")] = "0",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 that choose the few-shot references.")] = 5,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, results.csv, per_image.csv and per-class checkpoints.")] = Path("fade-eval"),
@@ -450,19 +446,21 @@ def eval_command(
     vision_multiplier: MultOpt = None,
     vision_weight: WeightOpt = None,
     vision_feature: VisFeatOpt = None,
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
-    from .backbone import load_backbone
     from .datasets import DATASETS, list_classes, read_split
     from .evaluation import evaluate_class, markdown_table, runs_for, summarize
     from .prompts import TextEncoderCache
+    from .runner import build_pipeline, load_spec_backbone
 
-    if method != "fade":
-        raise UsageError(f"--method {method}: only fade is available in this release")
     if dataset not in DATASETS:
         raise UsageError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
     try:
@@ -476,22 +474,18 @@ def eval_command(
     unknown = [c for c in wanted if c not in available]
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} under {root} (found: {', '.join(available)})")
-    defaults = FadeConfig()
-    config = FadeConfig(cls_scale=cls_scale, seg_scales=_parse_scales(scales),
-                        cls_prompts=_split_list(cls_prompts) or defaults.cls_prompts,
-                        seg_prompts=_split_list(seg_prompts) or defaults.seg_prompts,
-                        vision_feature=vision_feature, vision_multiplier=vision_multiplier, vision_weight=vision_weight)
-    problems = config.check()
-    if problems:
-        raise UsageError(problems[0])
+    spec = _scorer_spec(method, "object", model, pretrained, device, precision, cache_dir, True, scales=scales,
+                        cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
+                        vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
+                        windows=windows, no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter)
     runs = runs_for(shot_list, seeds)
-    backbone = load_backbone(_resolve_model_name(model), pretrained, device, precision)
-    cache = TextEncoderCache(backbone, cache_dir, frame=config.text_frame)
-    from .prompts import load_bank
-
-    banks = [load_bank(b).label for b in dict.fromkeys(config.cls_prompts + config.seg_prompts)]
-    settings = {"dataset": dataset, "root": str(root.absolute()), "method": method, "model": backbone.model_name,
-                "pretrained": pretrained, "weights_id": backbone.weights_id, "config": config.as_dict(), "banks": banks,
+    backbone = load_spec_backbone(spec)
+    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame)
+    make_pipeline = lambda name: build_pipeline(replace(spec, class_name=name), backbone, None, cache)  # noqa: E731
+    probe = make_pipeline(wanted[0])
+    banks = probe.banks
+    settings = {"dataset": dataset, "root": str(root.absolute()), "method": probe.method_label, "model": backbone.model_name,
+                "pretrained": pretrained, "weights_id": backbone.weights_id, "config": probe.config.as_dict(), "banks": banks,
                 "shots": shot_list, "seeds": seeds, "eval_size": eval_size, "fade_version": __version__}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     checkpoints = out / "classes"
@@ -511,7 +505,7 @@ def eval_command(
         if progress:
             progress.start()
         try:
-            res = evaluate_class(backbone, config, split, runs, cache, eval_size, batch_size,
+            res = evaluate_class(backbone, make_pipeline, split, runs, eval_size, batch_size,
                                  out / "maps" if save_maps else None, out / "overlays" if save_overlays else None,
                                  on_image=(lambda: progress.update(task, advance=1)) if progress else None)
         finally:

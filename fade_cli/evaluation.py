@@ -16,14 +16,12 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .config import FadeConfig
 from .datasets import ClassSplit, DatasetError, load_mask, sample_references
 from .errors import ImageError
 from .io import load_image, overlay, save_npy, save_png
 from .memory import MemoryBank
 from .metrics import evaluate, resize_map, resize_mask
-from .pipeline import FadePipeline, build_reference_bank
-from .prompts import TextEncoderCache
+from .pipeline import build_reference_bank
 
 METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro")
 
@@ -69,37 +67,37 @@ def _bank_for(backbone: Backbone, refs: list[Path], scales, feature: str, cache:
 
 def evaluate_class(
     backbone: Backbone,
-    config: FadeConfig,
+    make_pipeline: Callable[[str], object],
     split: ClassSplit,
     runs: Sequence[Run],
-    text_cache: TextEncoderCache,
     eval_size: int = 448,
     batch_size: int = 1,
     maps_dir: Path | None = None,
     overlays_dir: Path | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> ClassResult:
-    """Metrics of every run of one class (values in percent, as the papers' tables)."""
+    """Metrics of every run of one class (values in percent, as the papers' tables).
+
+    `make_pipeline(class_name)` gives the method's zero-shot pipeline (FADE, ALFA, ...); its
+    `few_shot_variant()` scores the same embeddings against each run's reference bank."""
     if not split.test:
         raise DatasetError(f"class {split.class_name}: no test images")
-    zero = FadePipeline.from_config(backbone, config, split.class_name, None, text_cache)
-    few = None
-    if any(r.shots for r in runs):
-        few = FadePipeline(backbone, config, split.class_name, zero.cls_text, zero.seg_text, few_shot=True)
+    zero = make_pipeline(split.class_name)
+    few = zero.few_shot_variant() if any(r.shots for r in runs) else None
     ref_cache: dict[Path, MemoryBank] = {}
     banks: dict[Run, MemoryBank] = {}
     result = ClassResult(split.class_name)
     for run in runs:
         refs = [s.image for s in sample_references(split.train, run.shots, run.seed)] if run.shots else []
         if run.shots:
-            banks[run] = _bank_for(backbone, refs, few.config.seg_scales, few.config.vision_feature, ref_cache)
+            banks[run] = _bank_for(backbone, refs, *few.bank_layout, ref_cache)
         result.runs.append({"shots": run.shots, "seed": run.seed, "references": [str(p) for p in refs]})
 
     has_masks = any(s.mask is not None for s in split.test)
     labels, masks = [], []
     scores: dict[Run, list[float]] = {r: [] for r in runs}
     grid_maps: dict[Run, list[torch.Tensor]] = {r: [] for r in runs}
-    extra = (few.config.vision_feature,) if few else ()
+    extra = (few.bank_layout[1],) if few else ()
     for start in range(0, len(split.test), batch_size):
         batch = split.test[start : start + batch_size]
         images = []

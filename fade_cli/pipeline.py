@@ -127,6 +127,21 @@ class FadePipeline:
             )
 
     @property
+    def method_label(self) -> str:
+        """What result rows record as their method."""
+        return "fade"
+
+    def few_shot_variant(self) -> "FadePipeline":
+        """The same pipeline scoring with reference banks passed to `score` (evaluation over seeds)."""
+        return FadePipeline(self.backbone, self.config, self.class_name, self.cls_text, self.seg_text, few_shot=True)
+
+    @property
+    def bank_layout(self) -> tuple[tuple[int, ...], str]:
+        """Scales and patch feature of the reference bank this pipeline's few-shot mode uses."""
+        few = self.config.resolved(few_shot=True) if not self.few_shot else self.config
+        return tuple(few.seg_scales), few.vision_feature
+
+    @property
     def banks(self) -> list[str]:
         labels = []
         for text in (self.cls_text, self.seg_text):

@@ -234,10 +234,10 @@ def test_resume_skips_finished_images_and_keeps_order(capsys, monkeypatch, image
 
 
 def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(capsys, monkeypatch, image_dir, tmp_path):
-    import fade_cli.cli as cli
+    import fade_cli.runner as runner
 
     out = tmp_path / "out"
-    real_save_png, calls = cli.save_png, []
+    real_save_png, calls = runner.save_png, []
 
     def interrupted_save_png(path, image):
         calls.append(path)
@@ -245,7 +245,7 @@ def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(
             raise KeyboardInterrupt
         real_save_png(path, image)
 
-    monkeypatch.setattr(cli, "save_png", interrupted_save_png)
+    monkeypatch.setattr(runner, "save_png", interrupted_save_png)
     code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", *FAST, cache=tmp_path)
     assert code == 130 and "interrupted" in stderr
     assert len(rows(stdout)) == 1
@@ -253,7 +253,7 @@ def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(
     assert len(manifest) == 1 and json.loads(manifest[0])["path"].endswith("img0.png")
     assert not (out / "img1.map.npy").exists()  # no partial set for the interrupted image
     assert not list(out.rglob("*.tmp"))
-    monkeypatch.setattr(cli, "save_png", real_save_png)
+    monkeypatch.setattr(runner, "save_png", real_save_png)
     code, stdout, _ = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", "--resume", *FAST, cache=tmp_path)
     assert code == 0 and len(rows(stdout)) == 3
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 3

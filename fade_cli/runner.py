@@ -1,0 +1,151 @@
+"""Scoring a batch of image files: the work `fade detect` / `fade segment` do per chunk of inputs.
+
+Kept apart from the command-line parsing so that every engine (the local loop in `cli.py`, a
+Ray actor) builds the same pipeline from the same `ScorerSpec` and turns a chunk of paths into
+the same rows and files with `score_chunk`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import FadeConfig
+from .errors import ImageError, UsageError
+from .io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, save_npy, save_png
+
+METHODS = ("fade", "alfa", "filo")
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Everything needed to (re)build a scoring pipeline in any process; picklable."""
+
+    method: str
+    class_name: str
+    config: FadeConfig
+    model: str  # open_clip name (a config JSON is registered first, see `model_config`)
+    pretrained: str
+    device: str = "auto"
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    model_config: Path | None = None  # an open_clip model-config JSON to register before loading
+    alfa: object | None = None  # AlfaConfig for method "alfa"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How rows are labelled and which files are written per image."""
+
+    threshold: float
+    base: Path  # input paths are mirrored under `out` relative to this
+    out: Path | None = None  # None: detect (rows only); a folder: segment
+    pixel_threshold: float = 0.5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    shots: int = 0
+
+
+@dataclass
+class Outcome:
+    """One input's result: a row for stdout, or an error line for stderr."""
+
+    path: Path
+    row: dict | None = None
+    error: str | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def load_spec_backbone(spec: ScorerSpec):
+    from .backbone import load_backbone
+
+    if spec.model_config is not None:
+        import open_clip
+
+        open_clip.add_model_config(spec.model_config)
+    return load_backbone(spec.model, spec.pretrained, spec.device, spec.precision)
+
+
+def build_pipeline(spec: ScorerSpec, backbone, reference_bank=None, text_cache=None):
+    """The method's pipeline for one class; every pipeline has embed/score/__call__ and `banks`."""
+    if spec.method not in METHODS:
+        raise UsageError(f"--method {spec.method}: expected one of {', '.join(METHODS)}")
+    if spec.method == "alfa":
+        from .alfa import AlfaConfig, AlfaPipeline
+
+        return AlfaPipeline.from_config(backbone, spec.alfa or AlfaConfig(), spec.class_name, reference_bank, text_cache)
+    from .pipeline import FadePipeline
+
+    return FadePipeline.from_config(backbone, spec.config, spec.class_name, reference_bank, text_cache)
+
+
+def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec) -> list[Outcome]:
+    """Read, score and (for segment) write outputs for a chunk of paths, in order."""
+    import time
+
+    outcomes = {p: Outcome(p) for p in paths}
+    loaded = {}
+    for p in paths:
+        try:
+            loaded[p] = load_image(p, output.max_pixels)
+        except ImageError as exc:
+            outcomes[p].error = str(exc)
+    if loaded:
+        t = time.perf_counter()
+        results = dict(zip(loaded, pipeline(list(loaded.values()))))
+        ms = (time.perf_counter() - t) * 1000.0 / len(loaded)
+        for p, res in results.items():
+            row = {
+                "path": str(p),
+                "class": spec.class_name,
+                "score": round(res.score, 6),
+                "anomalous": res.score >= output.threshold,
+                "threshold": output.threshold,
+                "ms": round(ms, 1),
+                "method": pipeline.method_label,
+                "shots": output.shots,
+                "banks": pipeline.banks,
+            }
+            if output.out is not None:
+                try:
+                    row.update(write_segmentation(output.out, output_stem(p, output.base), loaded[p], res.map,
+                                                  output.pixel_threshold))
+                except OSError as exc:
+                    outcomes[p].error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
+                    continue
+            outcomes[p].row = row
+    return [outcomes[p] for p in paths]
+
+
+def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float) -> dict:
+    """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG)."""
+    from PIL import Image
+
+    from .guidance import resize_map
+
+    w, h = image.size
+    full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
+    base = out / stem
+    paths = {
+        "map": base.with_name(base.name + ".map.npy"),
+        "overlay": base.with_name(base.name + ".overlay.png"),
+        "mask": base.with_name(base.name + ".mask.png"),
+    }
+    mask = full >= pixel_threshold
+    try:
+        save_npy(paths["map"], full)
+        save_png(paths["overlay"], overlay(image, full))
+        save_png(paths["mask"], Image.fromarray((mask * 255).astype(np.uint8), mode="L"))
+    except BaseException:
+        # Ctrl-C or a full disk mid-image: discard this image's outputs, so no partial set remains.
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        raise
+    return {
+        "map_max": round(float(full.max()), 6),
+        "anomalous_fraction": round(float(mask.mean()), 6),
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
