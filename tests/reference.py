@@ -102,3 +102,48 @@ def kth_nn_distance(query: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
         d = sorted(0.5 * (1 - float(q @ r)) for r in bank)
         out[i] = d[k - 1]
     return out
+
+
+# ---- ALFA -------------------------------------------------------------------------------------
+def contextual_score(d: float, normal: list[float], anomalous: list[float], k: float = 1.0) -> float:
+    """ALFA eq. 4 for one prompt with similarity d, straight from the paper."""
+
+    def dist(x, lo, hi):
+        return max(0.0, max(lo - x, x - hi))
+
+    gap = abs(dist(d, min(normal), max(normal)) - dist(d, min(anomalous), max(anomalous)))
+    return gap / (gap + math.exp(-k * gap))
+
+
+def overlap_keep(d: float, normal: list[float], anomalous: list[float]) -> bool:
+    """FiLo++ runtime prompt filtering: drop a prompt whose distance lies in the overlap interval."""
+    lo, hi = max(min(normal), min(anomalous)), min(max(normal), max(anomalous))
+    return not (lo <= d <= hi)
+
+
+def local_window_embedding(model, pixels: torch.Tensor, rows: range, cols: range) -> torch.Tensor:
+    """One window's local embedding: open_clip's own transformer on CLS + the window's patch tokens."""
+    v = model.visual
+    g = pixels.shape[-1] // v.conv1.kernel_size[0]
+    x = v.conv1(pixels)[0].reshape(v.conv1.out_channels, -1).T
+    x = v.ln_pre(torch.cat([v.class_embedding[None], x]) + v.positional_embedding)
+    keep = [0] + [1 + i * g + j for i in rows for j in cols]
+    out = v.transformer(x[keep][None])[0]
+    return l2n(v.ln_post(out[0]) @ v.proj)
+
+
+def ridge_projection(u: torch.Tensor, t: torch.Tensor, lam: float) -> torch.Tensor:
+    """argmin_W ||U W − T||² + λ||W − I||², by the D×D normal equations (U: n×D)."""
+    d = u.shape[1]
+    eye = torch.eye(d, dtype=u.dtype)
+    return torch.linalg.solve(u.T @ u + lam * eye, u.T @ t + lam * eye)
+
+
+def harmonic_window_map(scores: dict[tuple[int, int], float], grid: int, r: int) -> np.ndarray:
+    """Per patch, the harmonic mean of the scores of the r×r windows (keyed by top-left) covering it."""
+    out = np.zeros((grid, grid))
+    for i in range(grid):
+        for j in range(grid):
+            covering = [s for (a, b), s in scores.items() if a <= i < a + r and b <= j < b + r]
+            out[i, j] = len(covering) / sum(1.0 / s for s in covering)
+    return out

@@ -1,0 +1,213 @@
+"""The ALFA method: run-time prompt adaptation + fine-grained aligner (+ memory bank few-shot).
+
+Per image (ALFA sec. 4; our choices where the paper is open are in `rtp.py`, `aligner.py` and
+docs/methods.md):
+  1. One global forward at 240 px gives f(x) (CLS), CLIP patches and the last layer's values;
+     one batched forward of all r×r windows gives the local embeddings f_I,ij and their values.
+  2. RTP: the class's prompts (bank `alfa`, full sentences, no text frame) are filtered per
+     image against f(x); h+ / h− are the means of the kept prompts.
+  3. S_G = anomalous mass of softmax(<f(x), [h+, h−]>/τ) (eq. 10).
+  4. Per window size r: S_L per window against the projected prompts (eq. 11), to patches by
+     harmonic mean; sizes fused by harmonic mean → the map (patch grid, values in [0, 1]).
+  5. Few-shot: the map becomes ½(S_L + M) with M the references' nearest-neighbour patch
+     distance (CLIP patches at 240 px): the paper adds the memory-bank term; halving keeps
+     maps in [0, 1] and ranks pixels the same as the sum.
+  6. Score = ½(S_G + max of the map) (eq. 12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from . import aligner as fga
+from .backbone import preprocess_batch
+from .errors import MemoryBankError, PromptBankError, UsageError
+from .memory import MemoryBank
+from .pipeline import Result
+from .prompts import TextEncoderCache, load_bank
+from .rtp import FILTERS, adapted_text
+
+ALFA_FRAME = "{prompt}"  # ALFA prompts are whole sentences ("A ... image of a ... {class} with ...")
+
+
+@dataclass(frozen=True)
+class AlfaConfig:
+    image_size: int = 240
+    windows: tuple[int, ...] = (2, 3)
+    aligner: bool = True
+    prompt_filter: str = "alfa"  # alfa | filo | none
+    prompts: tuple[str, ...] = ("alfa",)
+    text_frame: str = ALFA_FRAME
+    temperature: float = fga.TEMPERATURE
+    ridge: float = fga.RIDGE
+    vision_feature: str = "clip"  # few-shot memory bank
+
+    def check(self) -> list[str]:
+        errs = []
+        if not self.windows or min(self.windows) < 1:
+            errs.append("--windows: give one or more window sizes >= 1, e.g. 2,3")
+        if self.prompt_filter not in FILTERS:
+            errs.append(f"--prompt-filter {self.prompt_filter}: expected one of {', '.join(FILTERS)}")
+        if not self.prompts:
+            errs.append("ALFA needs at least one prompt bank")
+        return errs
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def alfa_config_from_options(cls_prompts: Sequence[str] = (), image_size: int = 240, windows: str = "2,3",
+                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa",
+                             **_ignored) -> AlfaConfig:
+    """Command-line options -> AlfaConfig (UsageError on bad values)."""
+    try:
+        sizes = tuple(sorted({int(w) for w in str(windows).split(",") if w.strip()}))
+    except ValueError:
+        raise UsageError(f"--windows {windows!r}: expected comma-separated integers like 2,3") from None
+    cfg = AlfaConfig(image_size=image_size, windows=sizes, aligner=not no_aligner,
+                     prompt_filter="none" if no_rtp else prompt_filter, prompts=tuple(cls_prompts) or AlfaConfig.prompts)
+    errs = cfg.check()
+    if errs:
+        raise UsageError(errs[0])
+    return cfg
+
+
+@dataclass
+class AlfaEmbeddings:
+    """`AlfaPipeline.embed` output: one aligner forward of a batch."""
+
+    features: fga.AlignerFeatures
+
+
+class AlfaPipeline:
+    """ALFA for one product class: `pipeline(images) -> list[Result]`, as FadePipeline."""
+
+    def __init__(self, backbone, config: AlfaConfig, class_name: str, normal: torch.Tensor, anomalous: torch.Tensor,
+                 banks: tuple[str, ...], reference_bank: MemoryBank | None = None, few_shot: bool | None = None,
+                 prompt_texts: tuple[list[str], list[str]] = ([], [])):
+        self.backbone = backbone
+        self.config = config
+        self.class_name = class_name
+        self.normal = normal  # (T_n, D) prompt embeddings
+        self.anomalous = anomalous  # (T_a, D)
+        self._banks = list(banks)
+        self.prompt_texts = prompt_texts
+        self.reference_bank = reference_bank
+        self.few_shot = reference_bank is not None if few_shot is None else few_shot
+        if reference_bank is not None:
+            self._check_bank(reference_bank)
+
+    @classmethod
+    def from_config(cls, backbone, config: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
+                    text_cache: TextEncoderCache | None = None) -> "AlfaPipeline":
+        errs = config.check()
+        if errs:
+            raise UsageError(errs[0])
+        backbone.check_scale(config.image_size)
+        grid = config.image_size // backbone.patch_size
+        if max(config.windows) > grid:
+            raise UsageError(f"--windows: a window of {max(config.windows)} patches does not fit the {grid}×{grid} grid")
+        encoder = (TextEncoderCache(backbone, text_cache.dir.parent, frame=config.text_frame, enabled=text_cache.enabled)
+                   if text_cache is not None else TextEncoderCache(backbone, frame=config.text_frame))
+        banks = [load_bank(b) for b in config.prompts]
+        normal = [t for b in banks for t in b.texts("normal", class_name)]
+        anomalous = [t for b in banks for t in b.texts("anomalous", class_name)]
+        if not normal or not anomalous:
+            raise PromptBankError(f"banks {', '.join(b.label for b in banks)} give no "
+                                  f"{'normal' if not normal else 'anomalous'} prompts for class '{class_name}'")
+        emb = encoder.encode(normal + anomalous)
+        if text_cache is not None:  # report this encoder's cache use with the caller's
+            text_cache.hits += encoder.hits
+            text_cache.misses += encoder.misses
+        return cls(backbone, config, class_name, emb[: len(normal)], emb[len(normal):], tuple(b.label for b in banks),
+                   reference_bank, prompt_texts=(normal, anomalous))
+
+    # ---- the interface FadePipeline also has (CLI, evaluation, engines) ----
+    @property
+    def method_label(self) -> str:
+        c = self.config
+        parts = ["alfa"]
+        if not c.aligner:
+            parts.append("no-aligner")
+        if c.prompt_filter != "alfa":
+            parts.append(f"filter-{c.prompt_filter}")
+        if c.windows != AlfaConfig.windows:
+            parts.append("r" + "".join(map(str, c.windows)))
+        return "+".join(parts)
+
+    @property
+    def banks(self) -> list[str]:
+        return list(self._banks)
+
+    @property
+    def bank_layout(self) -> tuple[tuple[int, ...], str]:
+        return (self.config.image_size,), self.config.vision_feature
+
+    def few_shot_variant(self) -> "AlfaPipeline":
+        return AlfaPipeline(self.backbone, self.config, self.class_name, self.normal, self.anomalous, tuple(self._banks),
+                            few_shot=True, prompt_texts=self.prompt_texts)
+
+    def _check_bank(self, bank: MemoryBank) -> None:
+        meta = bank.meta
+        if meta.get("model") != self.backbone.model_name or meta.get("weights_id") != self.backbone.weights_id:
+            raise MemoryBankError(f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
+                                  f"not {self.backbone.model_name} (weights {self.backbone.weights_id})")
+        if self.config.image_size not in bank.patches:
+            raise MemoryBankError(f"reference bank has no patches at {self.config.image_size} px (it has {sorted(bank.patches)})")
+        if meta.get("feature") != self.config.vision_feature:
+            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; ALFA uses {self.config.vision_feature}")
+
+    def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> AlfaEmbeddings:
+        del extra_features  # ALFA's global forward always yields the CLIP patches its memory bank needs
+        pixels = preprocess_batch(images, self.config.image_size)
+        return AlfaEmbeddings(fga.encode_with_windows(self.backbone, pixels, self.config.windows))
+
+    def adapted_prompts(self, cls: torch.Tensor):
+        """Per-image h+ / h− after the prompt filter, and which prompts were used."""
+        return adapted_text(cls, self.normal.to(cls.device, cls.dtype), self.anomalous.to(cls.device, cls.dtype),
+                            self.config.prompt_filter)
+
+    def score(self, embeddings: AlfaEmbeddings, reference_bank: MemoryBank | None = None) -> list[Result]:
+        cfg = self.config
+        feats = embeddings.features
+        bank = reference_bank if reference_bank is not None else self.reference_bank
+        if self.few_shot and bank is None:
+            raise UsageError("few-shot scoring needs a reference bank")
+        if reference_bank is not None:
+            self._check_bank(reference_bank)
+        h_n, h_a, used = self.adapted_prompts(feats.cls)
+        text = torch.stack([h_n, h_a], dim=1)  # (B, 2, D)
+        s_global = torch.softmax(torch.einsum("bd,bsd->bs", feats.cls, text) / cfg.temperature, dim=-1)[:, 1]
+        maps = []
+        for r in cfg.windows:
+            if cfg.aligner:
+                u, t = fga.window_value_pairs(feats, r)
+                local_text = fga.project_text(text, u, t, cfg.ridge)
+            else:
+                local_text = text
+            win = fga.local_scores(feats.local[r], local_text, cfg.temperature)
+            maps.append(fga.windows_to_patches(win, feats.grid, r))
+        language = fga.harmonic_mean(maps) if len(maps) > 1 else maps[0]
+        vision = None
+        if self.few_shot:
+            g = feats.grid
+            vision = bank.score(cfg.image_size, feats.patches).view(-1, g, g)
+            fused = 0.5 * (language + vision)
+        else:
+            fused = language
+        fused = fused.clamp(0.0, 1.0)
+        score = (0.5 * (s_global + fused.amax(dim=(1, 2)))).clamp(0.0, 1.0)
+        t_n = self.normal.shape[0]
+        return [
+            Result(score=float(score[i]), map=fused[i].float().cpu(), language_score=float(s_global[i]),
+                   vision_score=float(vision[i].max()) if vision is not None else None,
+                   extras={"prompts_kept": [int(used[i, :t_n].sum()), int(used[i, t_n:].sum())]})
+            for i in range(score.shape[0])
+        ]
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
+        return self.score(self.embed(images))
