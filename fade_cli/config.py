@@ -33,6 +33,14 @@ class FadeConfig:
     vision_weight: float | None = None
     gem_iterations: int = 1
     text_frame: str = "a photo of a {prompt}."
+    # FiLo / FiLo++ training-free switches (fade_cli/filo.py); these defaults are plain FADE.
+    positions: bool = False  # second language pass with position-enhanced prompts
+    position_prompts: tuple[str, ...] = ("filo",)  # banks whose {pos} prompts that pass uses
+    object_prior: float | None = None  # λ: maps outside the estimated object multiplied by it
+    multi_shape: bool = False  # patch features averaged over fixed kernels before text matching
+    smooth_sigma: float = 0.0  # Gaussian σ in pixels of a smooth_size × smooth_size map; 0 = off
+    smooth_size: int = 448  # the evaluation resolution σ is measured at
+    fg_matching: bool = False  # few-shot vision scores count only inside the estimated object
 
     def resolved(self, few_shot: bool) -> "FadeConfig":
         preset = FEW_SHOT if few_shot else ZERO_SHOT
@@ -53,6 +61,14 @@ class FadeConfig:
             errs.append(f"vision weight must be in [0, 1], not {self.vision_weight}")
         if self.gem_iterations < 0:
             errs.append("GEM iterations must be >= 0")
+        if self.object_prior is not None and not 0.0 <= self.object_prior <= 1.0:
+            errs.append(f"object prior λ must be in [0, 1], not {self.object_prior}")
+        if self.smooth_sigma < 0 or self.smooth_size < 1:
+            errs.append(f"smoothing σ must be >= 0 (0 = off), not {self.smooth_sigma}")
+        if self.positions and self.segmentation == "vision":
+            errs.append("position-enhanced prompts refine the language map: they need segmentation mode language or both")
+        if self.positions and not self.position_prompts:
+            errs.append("position-enhanced prompts need at least one prompt bank")
         return errs
 
     def as_dict(self) -> dict:

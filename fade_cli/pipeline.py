@@ -9,6 +9,9 @@ Per image (FADE sec. 3, official defaults):
   map   = clip((1 − w)·language + w·m·vision, 0, 1)
   score = language AC (0-shot), or clip(½(language AC + max(m·vision)), 0, 1) (k-shot).
 
+FiLo / FiLo++ training-free parts (fade_cli/filo.py) are switches in FadeConfig; with all
+off (the default) this is FADE, bit for bit.
+
 The pipeline does no file I/O: it takes PIL images and returns tensors.
 """
 
@@ -24,6 +27,7 @@ from . import __version__
 from .backbone import Backbone, ImageEmbeddings, preprocess_batch
 from .config import FadeConfig
 from .errors import MemoryBankError, UsageError
+from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank, self_knn_distance
 from .prompts import PromptBank, TextClassifier, TextEncoderCache, build_text_classifier, load_bank
@@ -77,6 +81,7 @@ class FadePipeline:
         seg_text: TextClassifier | None,
         reference_bank: MemoryBank | None = None,
         few_shot: bool | None = None,
+        filo_text: FiloText | None = None,
     ):
         self.backbone = backbone
         # few_shot without a bank: the bank comes with each `score` call (evaluation over seeds)
@@ -88,6 +93,13 @@ class FadePipeline:
         self.reference_bank = reference_bank
         if reference_bank is not None:
             self._check_bank(reference_bank)
+        # FiLo / FiLo++ training-free parts (fade_cli/filo.py); None = plain FADE
+        self.filo_text = filo_text
+        self.filo = None
+        if any_switch(self.config):
+            if (self.config.positions or needs_foreground(self.config)) and filo_text is None:
+                raise UsageError("these FiLo switches need their text embeddings: build the pipeline with from_config")
+            self.filo = FiloRefinement(self.config, filo_text or FiloText())
 
     @classmethod
     def from_config(
@@ -109,7 +121,8 @@ class FadePipeline:
             cls_text = build_text_classifier(_banks(config.cls_prompts), class_name, encoder)
         if config.segmentation != "vision":
             seg_text = build_text_classifier(_banks(config.seg_prompts), config.seg_class_name, encoder)
-        return cls(backbone, config, class_name, cls_text, seg_text, reference_bank)
+        filo_text = build_filo_text(config, class_name, encoder) if any_switch(config) else None
+        return cls(backbone, config, class_name, cls_text, seg_text, reference_bank, filo_text=filo_text)
 
     def _check_bank(self, bank: MemoryBank) -> None:
         meta = bank.meta
@@ -128,12 +141,13 @@ class FadePipeline:
 
     @property
     def method_label(self) -> str:
-        """What result rows record as their method."""
-        return "fade"
+        """What result rows record as their method: 'fade', or 'filo[...]' with the FiLo switches on."""
+        return method_label(self.config)
 
     def few_shot_variant(self) -> "FadePipeline":
         """The same pipeline scoring with reference banks passed to `score` (evaluation over seeds)."""
-        return FadePipeline(self.backbone, self.config, self.class_name, self.cls_text, self.seg_text, few_shot=True)
+        return FadePipeline(self.backbone, self.config, self.class_name, self.cls_text, self.seg_text, few_shot=True,
+                            filo_text=self.filo_text)
 
     @property
     def bank_layout(self) -> tuple[tuple[int, ...], str]:
@@ -144,7 +158,7 @@ class FadePipeline:
     @property
     def banks(self) -> list[str]:
         labels = []
-        for text in (self.cls_text, self.seg_text):
+        for text in (self.cls_text, self.seg_text, self.filo_text):
             for b in text.banks if text else ():
                 if b not in labels:
                     labels.append(b)
@@ -155,7 +169,7 @@ class FadePipeline:
         cfg = self.config
         feats = set()
         if scale in cfg.seg_scales:
-            if cfg.segmentation != "vision":
+            if cfg.segmentation != "vision" or needs_foreground(cfg):  # FiLo's object prior reads them too
                 feats.add(cfg.seg_feature)
             if cfg.segmentation != "language" or (self.few_shot and cfg.classification != "language"):
                 feats.add(cfg.vision_feature)
@@ -197,7 +211,8 @@ class FadePipeline:
             emb = embeddings[scale]
             if seg_lang:
                 patches = emb.gem if cfg.seg_feature == "gem" else emb.clip
-                lang_maps.append(to_grid(language_score(patches, self.seg_text)))
+                lang_maps.append(multi_shape_map(patches, self.seg_text) if cfg.multi_shape
+                                 else to_grid(language_score(patches, self.seg_text)))
             if need_vis:
                 patches = emb.gem if cfg.vision_feature == "gem" else emb.clip
                 vis = bank.score(scale, patches) if self.few_shot else self_knn_distance(patches, k=2)
@@ -206,6 +221,9 @@ class FadePipeline:
         m, w = cfg.vision_multiplier, cfg.vision_weight
         vision = fuse_scales(vis_maps) * m if vis_maps else None
         language = fuse_scales(lang_maps) if lang_maps else None
+        extras = [{} for _ in range((language if language is not None else vision).shape[0])]
+        if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/filo.py)
+            language, vision, extras = self.filo.refine(embeddings, language, vision, self.few_shot)
         if cfg.segmentation == "both":
             fused = (1.0 - w) * language + w * vision
         else:
@@ -227,6 +245,7 @@ class FadePipeline:
                 map=fused[i].float().cpu(),
                 language_score=float(ac[i]) if ac is not None else None,
                 vision_score=float(vis_score[i]) if vis_score is not None else None,
+                extras=extras[i],
             )
             for i in range(score.shape[0])
         ]

@@ -45,8 +45,11 @@ class PromptBank:
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 
-    def texts(self, state: str, class_name: str) -> list[str]:
-        """The prompts of one state for a class, placeholders filled (underscores -> spaces)."""
+    def texts(self, state: str, class_name: str, pos: str | None = None) -> list[str]:
+        """The prompts of one state for a class, placeholders filled (underscores -> spaces).
+
+        `pos` fills {pos} (FiLo's position phrase, e.g. "at top left"; "" drops it); None
+        leaves {pos} as written."""
         d = self.data
         out = [t.replace("{state}", s) for t in d.get("templates", []) for s in d.get("states", {}).get(state, [])]
         out += d.get("prompts", {}).get(state, [])
@@ -54,6 +57,8 @@ class PromptBank:
         section = classes.get(class_name) or classes.get("generic") or {}
         out += section.get(state, [])
         values = {"class": class_name.replace("_", " "), "domain": section.get("domain", "industrial")}
+        if pos is not None:
+            values["pos"] = pos
         return [_fill(t, values) for t in out]
 
 
@@ -280,8 +285,9 @@ class TextClassifier:
 
 def build_text_classifier(banks: list[PromptBank], class_name: str, encoder: TextEncoderCache) -> TextClassifier:
     """h− and h+ over the union of the banks' prompts for this class (FADE eq. 1)."""
-    normal = [t for b in banks for t in b.texts("normal", class_name)]
-    anomalous = [t for b in banks for t in b.texts("anomalous", class_name)]
+    # a {pos} placeholder (FiLo banks) is dropped here: positions are filled only by fade_cli/filo.py
+    normal = [t for b in banks for t in b.texts("normal", class_name, pos="")]
+    anomalous = [t for b in banks for t in b.texts("anomalous", class_name, pos="")]
     if not normal or not anomalous:
         names = ", ".join(b.label for b in banks)
         raise PromptBankError(f"banks {names} give no {'normal' if not normal else 'anomalous'} prompts for class '{class_name}'")
