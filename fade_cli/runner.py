@@ -82,15 +82,21 @@ def build_pipeline(spec: ScorerSpec, backbone, reference_bank=None, text_cache=N
     return FadePipeline.from_config(backbone, spec.config, spec.class_name, reference_bank, text_cache)
 
 
-def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec) -> list[Outcome]:
-    """Read, score and (for segment) write outputs for a chunk of paths, in order."""
+def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec,
+                images: dict | None = None) -> list[Outcome]:
+    """Read, score and (for segment) write outputs for a chunk of paths, in order.
+
+    `images` (path -> RGB image, or the reason it could not be read) skips the reading, for
+    engines that decode elsewhere (the Ray engine's read tasks)."""
     import time
 
     outcomes = {p: Outcome(p) for p in paths}
     loaded = {}
     for p in paths:
         try:
-            loaded[p] = load_image(p, output.max_pixels)
+            loaded[p] = load_image(p, output.max_pixels) if images is None else images[p]
+            if isinstance(loaded[p], str):
+                raise ImageError(loaded.pop(p))
         except ImageError as exc:
             outcomes[p].error = str(exc)
     if loaded:
