@@ -93,11 +93,21 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse i
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip images the manifest records as finished (their outputs still present); their recorded lines are printed again.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="JSONL record of finished images, for --resume. Default for segment: OUT/manifest.jsonl.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr (errors are still printed).")]
+# scale-out options (docs/scale-out.md)
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray Data actors on a local or existing Ray cluster; needs pip install \"fade-cli[ray]\"). Same rows, files and exit codes.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: 'auto' or HOST:PORT joins a running cluster (ray start --head). Default: the cluster `ray start` runs on this machine ($RAY_ADDRESS), else a new local Ray for this run.", show_default=False)]
+ActorsOpt = Annotated[Optional[int], typer.Option("--actors", min=1, help="--engine ray: model replicas (each loads the model once). Default: one per GPU, else one per node.", show_default=False)]
 # method options
 MethodOpt = Annotated[str, typer.Option("--method", help="fade (default), alfa (run-time prompt adaptation + fine-grained aligner) or filo (FADE with the training-free FiLo parts).")]
 WindowsOpt = Annotated[str, typer.Option("--windows", help="alfa: aligner window sizes r in patches, comma-separated (paper: 2,3; 2,3,4 is slower).")]
 NoAlignerOpt = Annotated[bool, typer.Option("--no-aligner", help="alfa ablation: local maps against the global prompt embeddings (no global-to-local projection).")]
 NoRtpOpt = Annotated[bool, typer.Option("--no-rtp", help="alfa ablation: keep every prompt (same as --prompt-filter none).")]
+FILO_PANEL = "FiLo parts (training-free; --method filo turns on all but --positions)"
+PositionsOpt = Annotated[Optional[bool], typer.Option("--positions/--no-positions", help="FiLo: second language pass with the 'filo' bank's prompts filled with the region (of 9) where the first-pass map peaks, e.g. 'at top left'; averaged with the first pass. Default: off, also with --method filo (provisional preset).", show_default=False, rich_help_panel=FILO_PANEL)]
+ObjectPriorOpt = Annotated[Optional[float], typer.Option("--object-prior", min=0.0, max=1.0, metavar="LAMBDA", help="FiLo: multiply maps outside the estimated object (GEM patches vs 'a photo of a CLASS' / background prompts) by LAMBDA; 0.7 is the official FiLo value, 1 = off. Default: 0.7 with --method filo, else off.", show_default=False, rich_help_panel=FILO_PANEL)]
+MultiShapeOpt = Annotated[Optional[bool], typer.Option("--multi-shape/--no-multi-shape", help="FiLo: average patch features over 1x1, 3x3, 5x5, 7x7, 1x5, 5x1 neighbourhoods before text matching; the six language maps are averaged. Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
+SmoothOpt = Annotated[Optional[float], typer.Option("--smooth", min=0.0, metavar="SIGMA", help="FiLo: Gaussian smoothing of the final map, σ in pixels of the 448 px evaluation map (eval: of --eval-size); 0 = off. Default: 4 with --method filo, else 0.", show_default=False, rich_help_panel=FILO_PANEL)]
+FgMatchingOpt = Annotated[Optional[bool], typer.Option("--fg-matching/--no-fg-matching", help="FiLo++: few-shot vision scores count only inside the estimated object (no effect zero-shot). Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
 PromptFilterOpt = Annotated[str, typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0), filo (FiLo++ overlap interval) or none.")]
 
 
@@ -194,12 +204,23 @@ def _run(
     resume: bool = False,
     manifest: Path | None = None,
     method: str = "fade",
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
     **method_options,
 ) -> int:
     from .pipeline import build_reference_bank
     from .prompts import TextEncoderCache
     from .runner import OutputSpec, build_pipeline, load_spec_backbone, score_chunk
 
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine}: expected local or ray")
+    if engine == "ray":
+        from .ray_engine import RecordingTextCache, require_ray
+
+        require_ray()  # before any work: without the extra, one line saying how to install it
+    elif ray_address is not None or actors is not None:
+        raise UsageError("--ray-address and --actors need --engine ray")
     items = expand_inputs(images)
     if not items:
         raise UsageError("no input images given")
@@ -220,7 +241,9 @@ def _run(
     t0 = time.perf_counter()
     backbone = load_spec_backbone(spec)
     _log(quiet, f"loaded {spec.model} ({pretrained}) on {backbone.device}")
-    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    # with --engine ray the driver's cache remembers the embeddings, for the actors (object store)
+    cache = (RecordingTextCache if engine == "ray" else TextEncoderCache)(
+        backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
     reference_bank = None
     if bank is not None:
         from .memory import MemoryBank
@@ -265,27 +288,35 @@ def _run(
         _log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
     progress = _progress(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
+    pending = [p for p in todo if p not in already]
+    if engine == "ray":  # same outcomes, same order, scored by Ray Data actors (fade_cli/ray_engine.py)
+        from .ray_engine import run_ray
+
+        results = run_ray(spec, output, reference_bank, pending, batch_size=batch_size, actors=actors,
+                          address=ray_address, text_embeddings=cache.memo, log=lambda m: _log(quiet, m), quiet=quiet)
+    else:
+        results = (o for start in range(0, len(pending), batch_size)
+                   for o in score_chunk(pipeline, pending[start : start + batch_size], spec, output))
     if progress:
         progress.start()
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            outcomes = {o.path: o for o in score_chunk(pipeline, [p for p in chunk if p not in already], spec, output)}
-            for p in chunk:  # rows in input order, finished ones included
-                if p in already:
-                    row = finished[str(p.absolute())]
-                    print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
-                    continue
-                outcome = outcomes[p]
+        for p in todo:  # rows in input order, finished ones included
+            if p in already:
+                row = finished[str(p.absolute())]
+                print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+            else:
+                outcome = next(results)
+                assert outcome.path == p, (outcome.path, p)
                 if outcome.error is not None:
                     failures.report(p, outcome.error)
-                    continue
-                if record is not None:
-                    record.append(outcome.row, p)
-                print(json.dumps(outcome.row), flush=True)
+                else:
+                    if record is not None:
+                        record.append(outcome.row, p)
+                    print(json.dumps(outcome.row), flush=True)
             if progress:
-                progress.update(task, advance=len(chunk))
+                progress.update(task, advance=1)
     finally:
+        results.close()  # --engine ray: stops the job and a Ray instance it started
         if progress:
             progress.stop()
     ok = len(items) - failures.count
@@ -296,7 +327,7 @@ def _run(
 def _scorer_spec(method: str, class_name: str, model: str, pretrained: str, device: str, precision: str,
                  cache_dir: Path | None, use_cache: bool, *, scales: str, cls_scale: int, cls_prompts, seg_prompts,
                  vision_multiplier, vision_weight, vision_feature, segmentation_mode: str = "both",
-                 classification_mode: str = "both", **method_options):
+                 classification_mode: str = "both", positions=None, object_prior=None, multi_shape=None, smooth=None, fg_matching=None, smooth_size: int = 448, **method_options):
     """Command-line options -> a validated ScorerSpec (method settings as data)."""
     from .runner import METHODS, ScorerSpec
 
@@ -314,6 +345,13 @@ def _scorer_spec(method: str, class_name: str, model: str, pretrained: str, devi
         vision_multiplier=vision_multiplier,
         vision_weight=vision_weight,
     )
+    filo_flags = (positions, object_prior, multi_shape, smooth, fg_matching)
+    if method == "alfa" and any(f is not None for f in filo_flags):
+        raise UsageError("the FiLo switches (--positions, --object-prior, --multi-shape, --smooth, --fg-matching) "
+                         "apply to --method fade or filo, not alfa")
+    from .filo import resolve_switches
+
+    config = replace(config, smooth_size=smooth_size, **resolve_switches(method, *filo_flags))
     problems = config.check()
     if problems:
         raise UsageError(problems[0])
@@ -366,6 +404,11 @@ def detect(
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
     prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -373,6 +416,9 @@ def detect(
     resume: ResumeOpt = False,
     manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
     raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
@@ -407,6 +453,11 @@ def segment(
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
     prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -414,6 +465,9 @@ def segment(
     resume: ResumeOpt = False,
     manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
 ) -> None:
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
@@ -450,6 +504,11 @@ def eval_command(
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
     prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
@@ -477,7 +536,8 @@ def eval_command(
     spec = _scorer_spec(method, "object", model, pretrained, device, precision, cache_dir, True, scales=scales,
                         cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
                         vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
-                        windows=windows, no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter)
+                        windows=windows, no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter,
+                        positions=positions, object_prior=object_prior, multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching, smooth_size=eval_size)
     runs = runs_for(shot_list, seeds)
     backbone = load_spec_backbone(spec)
     cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame)
@@ -637,7 +697,8 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
 def explain(
     image: Annotated[Path, typer.Argument(help="The image to explain.")],
     class_name: ClassOpt = "object",
-    banks: Annotated[Optional[list[str]], typer.Option("--prompts", help="Banks whose descriptions are ranked. Default: winclip,fade-llm.", show_default=False)] = None,
+    banks: Annotated[Optional[list[str]], typer.Option("--prompts", help="Banks whose descriptions are ranked. Default: winclip,fade-llm (fade) or alfa (alfa).", show_default=False)] = None,
+    method: Annotated[str, typer.Option("--method", help="fade: rank by similarity; alfa: also the contextual score of each description and whether run-time prompt adaptation keeps it.")] = "fade",
     top: Annotated[int, typer.Option("--top", min=1, help="How many descriptions per state.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of a table.")] = False,
     model: ModelOpt = DEFAULT_MODEL,
@@ -648,34 +709,59 @@ def explain(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
 ) -> None:
-    """The prompt descriptions that match an image best (cosine of the CLIP image embedding with each prompt)."""
+    """The prompt descriptions that match an image best (cosine of the CLIP image embedding with
+    each prompt); with --method alfa, also each one's contextual score (ALFA eq. 4) and whether
+    run-time prompt adaptation keeps it for this image."""
     from .backbone import load_backbone, preprocess_batch
-    from .prompts import TextEncoderCache, load_bank
+    from .prompts import DEFAULT_FRAME, TextEncoderCache, load_bank
 
+    if method not in ("fade", "alfa"):
+        raise UsageError(f"--method {method}: explain supports fade and alfa")
     try:
         img = load_image(image, max_pixels)
     except ImageError as exc:
         raise UsageError(f"{image}: {exc}") from None
-    loaded = [load_bank(b) for b in (_split_list(banks) or ("winclip", "fade-llm"))]
+    default_banks = ("alfa",) if method == "alfa" else ("winclip", "fade-llm")
+    loaded = [load_bank(b) for b in (_split_list(banks) or default_banks)]
     backbone = load_backbone(_resolve_model_name(model), pretrained, device)
-    cache = TextEncoderCache(backbone, cache_dir)
-    emb = backbone.encode_images(preprocess_batch([img], scale), want_clip=False, want_gem=False).cls[0]
+    if method == "alfa":
+        from .alfa import ALFA_FRAME as frame
+    else:
+        frame = DEFAULT_FRAME
+    cache = TextEncoderCache(backbone, cache_dir, frame=frame)
+    emb = backbone.encode_images(preprocess_batch([img], scale), want_clip=False, want_gem=False).cls[0].cpu()
+    texts = {state: list(dict.fromkeys(t for b in loaded for t in b.texts(state, class_name))) for state in ("normal", "anomalous")}
+    sims = {state: cache.encode(texts[state]) @ emb for state in texts}
+    context = None
+    if method == "alfa":
+        from .rtp import contextual_scores
+
+        both = contextual_scores(sims["normal"][None], sims["anomalous"][None])[0]
+        context = {"normal": both[: len(texts["normal"])].tolist(), "anomalous": both[len(texts["normal"]):].tolist()}
     ranked = {}
     for state in ("anomalous", "normal"):
-        texts = list(dict.fromkeys(t for b in loaded for t in b.texts(state, class_name)))
-        sims = (cache.encode(texts) @ emb.cpu()).tolist()
-        order = sorted(range(len(texts)), key=lambda i: -sims[i])[:top]
-        ranked[state] = [{"text": texts[i], "similarity": round(sims[i], 6)} for i in order]
-    result = {"path": str(image), "class": class_name, "banks": [b.label for b in loaded], **ranked}
+        values = sims[state].tolist()
+        order = sorted(range(len(values)), key=lambda i: -values[i])[:top]
+        ranked[state] = [{"text": texts[state][i], "similarity": round(values[i], 6)} for i in order]
+        if context is not None:
+            for entry, i in zip(ranked[state], order):
+                entry["contextual_score"] = round(context[state][i], 6)
+                entry["kept"] = context[state][i] > 0
+    result = {"path": str(image), "class": class_name, "method": method, "banks": [b.label for b in loaded], **ranked}
+    if context is not None:
+        result["kept"] = {state: sum(v > 0 for v in context[state]) for state in context}
+        result["prompts"] = {state: len(texts[state]) for state in texts}
     if as_json:
         print(json.dumps(result))
         return
     from rich.table import Table
 
-    table = Table("state", "similarity", "description", title=f"{image} ({class_name})")
+    columns = ("state", "similarity", "context", "kept", "description") if context else ("state", "similarity", "description")
+    table = Table(*columns, title=f"{image} ({class_name})")
     for state in ("anomalous", "normal"):
         for r in ranked[state]:
-            table.add_row(state, f"{r['similarity']:.4f}", r["text"])
+            extra = (f"{r['contextual_score']:.4f}", "yes" if r["kept"] else "no") if context else ()
+            table.add_row(state, f"{r['similarity']:.4f}", *extra, r["text"])
     Console().print(table)
 
 
