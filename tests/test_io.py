@@ -100,3 +100,21 @@ def test_output_stems_mirror_the_tree(tmp_path):
 def test_to_rgb_palette_with_transparency():
     p = Image.new("P", (20, 20)); p.putpalette([255, 0, 0] * 256); p.info["transparency"] = 0
     assert np.asarray(to_rgb(p)).max() == 0  # the transparent index composites to black
+
+
+def test_unreadable_file_reports_permission_denied_even_as_root(corpus, monkeypatch):
+    """Root reads any file, so the denial is simulated where the file is opened."""
+    import fade_cli.io as io_mod
+
+    d, _ = corpus
+    real_open = io_mod.Image.open
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(io_mod.Image, "open", deny)
+    with pytest.raises(ImageError, match="permission denied"):
+        load_image(d / "locked.png")
+    assert load_image(d / "gray.png").mode == "RGB"  # other files unaffected
