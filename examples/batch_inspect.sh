@@ -18,7 +18,8 @@ fi
 
 # 2. Segment everything; --resume skips images finished by an earlier (interrupted) run.
 #    Results: one JSON line per image; unreadable files: one line each on stderr.
-fade segment "$images" --class "$class" --bank "$bank" --out "$out/maps" --resume "${opts[@]}" \
+#    -q keeps stderr to those error lines only.
+fade segment "$images" --class "$class" --bank "$bank" --out "$out/maps" --resume -q "${opts[@]}" \
   > "$out/results.jsonl" 2> "$out/errors.log"
 status=$?   # 0 all fine, 1 some files failed, 2 usage/set-up error
 [ "$status" -eq 2 ] && { cat "$out/errors.log" >&2; exit 2; }
@@ -37,6 +38,6 @@ rejects = [r["path"] for r in rows if r["anomalous"]]
 open(f"{out}/rejects.txt", "w").write("".join(p + "\n" for p in rejects))
 print(f"{len(rows)} inspected, {len(rejects)} rejected -> {out}/scores.csv, {out}/rejects.txt")
 PY
-grep '^fade: .*: ' "$out/errors.log" | grep -v '^fade: error' > "$out/unreadable.txt" || true
+grep '^fade: ' "$out/errors.log" | grep -v '^fade: error' > "$out/unreadable.txt" || true
 echo "unreadable files: $(wc -l < "$out/unreadable.txt") (see $out/unreadable.txt)"
 exit "$status"

@@ -5,7 +5,7 @@ Creates samples/good/*.png and samples/line3/*.png. Synthetic: for trying the co
 for judging accuracy.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -41,4 +41,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "samples"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="folder to write good/ and line3/ into")
+    main(ap.parse_args().out)
