@@ -907,6 +907,22 @@ def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's ClickException and Abort classes: newer typer releases vendor click as
+    `typer._click`, older ones use `click` itself; usage errors may come from either."""
+    import importlib
+
+    errors, aborts = [], [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors += [c for c in (getattr(module, "ClickException", None),) if c is not None]
+        aborts += [c for c in (getattr(module, "Abort", None),) if c is not None]
+    return tuple(errors), tuple(aborts)
+
+
 def main() -> None:
     """Console entry point: FadeErrors become one stderr line and exit status 2."""
     # cron and batch systems stop jobs with SIGTERM: handle it like Ctrl-C (clean stop, exit 130)
@@ -923,12 +939,13 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
+        usage_errors, aborts = _click_exception_types()
+        if isinstance(exc, usage_errors):  # one line, like every other fade error
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"fade: error: {exc.format_message()}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, aborts):
             print("fade: interrupted", file=sys.stderr)
             sys.exit(130)
         raise

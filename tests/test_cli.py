@@ -257,3 +257,17 @@ def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(
     code, stdout, _ = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", "--resume", *FAST, cache=tmp_path)
     assert code == 0 and len(rows(stdout)) == 3
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["detect", "x.png", "--bogus"], "No such option: --bogus"),
+    (["detect", "x.png", "--threshold", "abc"], "--threshold"),
+    (["detect"], "Missing argument"),
+    (["nosuchcmd"], "No such command"),
+    (["bank", "build", "x.png", "-o", "b.npz", "--cls-scale", "3"], "No such option: --cls-scale"),
+])
+def test_command_line_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, args, message):
+    code, stdout, stderr = run(capsys, monkeypatch, *args)
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fade: error: ") and message in lines[0], stderr
