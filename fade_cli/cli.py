@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -948,7 +949,12 @@ def main() -> None:
         if isinstance(exc, aborts):
             print("fade: interrupted", file=sys.stderr)
             sys.exit(130)
-        raise
+        if os.environ.get("FADE_DEBUG"):
+            raise
+        # a bug or an environment failure (out of memory, CUDA error): one line, exit 70 (EX_SOFTWARE)
+        reason = "out of memory" if isinstance(exc, MemoryError) else f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        print(f"fade: internal error: {reason} (FADE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(70)
     code = code if isinstance(code, int) else 0
     if code == 130:  # typer turns Ctrl-C into exit status 130 without a word
         print("fade: interrupted", file=sys.stderr)

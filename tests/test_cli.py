@@ -271,3 +271,18 @@ def test_command_line_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, arg
     assert code == 2 and stdout == ""
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fade: error: ") and message in lines[0], stderr
+
+
+def test_unexpected_failures_give_one_line_and_exit_70(capsys, monkeypatch, image_dir, tmp_path):
+    import fade_cli.runner as runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(runner, "score_chunk", broken)
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "-q", *FAST, cache=tmp_path)
+    assert code == 70 and stderr.strip() == "fade: internal error: RuntimeError: simulated bug (FADE_DEBUG=1 shows the traceback)"
+    monkeypatch.setenv("FADE_DEBUG", "1")
+    monkeypatch.setattr(sys, "argv", ["fade", "detect", str(image_dir), "-q", *FAST])
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main()
