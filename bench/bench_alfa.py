@@ -12,9 +12,6 @@ Results are printed and appended to bench/results.csv with the machine descripti
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_fade import images, peak_rss_mb, vit_flops  # noqa: E402
+from bench_fade import append_results, images, peak_rss_mb, vit_flops  # noqa: E402
 
 from fade_cli.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
 from fade_cli.backbone import load_backbone  # noqa: E402
@@ -82,17 +79,7 @@ def main() -> None:
             rows.append({"what": f"alfa r={spec} {shots}-shot", "seconds": round(per_image, 3),
                          "gflops": round(flops / per_image / 1e9, 1)})
 
-    machine = f"{platform.processor() or platform.machine()} x{os.cpu_count()} torch{torch.__version__} threads{torch.get_num_threads()}"
-    path = Path(args.csv)
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["date", "machine", "device", "scales", "batch", "what", "seconds", "gflops", "peak_rss_mb"])
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "device": args.device,
-                        "scales": "240", "batch": args.batch_size, "peak_rss_mb": round(peak_rss_mb()), **r})
-    print(f"appended {len(rows)} rows to {path}", file=sys.stderr)
+    append_results(args.csv, rows, device=args.device, scales="240", batch=args.batch_size)
 
 
 if __name__ == "__main__":

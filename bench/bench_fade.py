@@ -48,6 +48,20 @@ def images(n: int, size=(700, 700)) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def append_results(csv_path: str, rows: list[dict], **fields) -> None:
+    """Append result rows to the bench CSV with the date and the machine description."""
+    machine = f"{platform.processor() or platform.machine()} x{os.cpu_count()} torch{torch.__version__} threads{torch.get_num_threads()}"
+    path = Path(csv_path)
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["date", "machine", "device", "scales", "batch", "what", "seconds", "gflops", "peak_rss_mb"])
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "peak_rss_mb": round(peak_rss_mb()), **fields, **r})
+    print(f"appended {len(rows)} rows to {path}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-16-plus-240")
@@ -104,17 +118,7 @@ def main() -> None:
               f"~{flops / 1e12:.2f} TFLOP/image, {gflops:.0f} GFLOP/s, peak RSS {peak_rss_mb():.0f} MB", flush=True)
         rows.append({"what": f"{shots}-shot", "seconds": round(per_image, 3), "gflops": round(gflops, 1)})
 
-    machine = f"{platform.processor() or platform.machine()} x{os.cpu_count()} torch{torch.__version__} threads{torch.get_num_threads()}"
-    path = Path(args.csv)
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["date", "machine", "device", "scales", "batch", "what", "seconds", "gflops", "peak_rss_mb"])
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "device": args.device,
-                        "scales": args.scales, "batch": args.batch_size, "peak_rss_mb": round(peak_rss_mb()), **r})
-    print(f"appended {len(rows)} rows to {path}", file=sys.stderr)
+    append_results(args.csv, rows, device=args.device, scales=args.scales, batch=args.batch_size)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from PIL import Image
 
 from . import aligner as fga
 from .backbone import preprocess_batch
-from .errors import MemoryBankError, PromptBankError, UsageError
+from .errors import PromptBankError, UsageError
 from .memory import MemoryBank
 from .pipeline import Result
 from .prompts import TextEncoderCache, load_bank
@@ -152,14 +152,7 @@ class AlfaPipeline:
                             few_shot=True, prompt_texts=self.prompt_texts)
 
     def _check_bank(self, bank: MemoryBank) -> None:
-        meta = bank.meta
-        if meta.get("model") != self.backbone.model_name or meta.get("weights_id") != self.backbone.weights_id:
-            raise MemoryBankError(f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
-                                  f"not {self.backbone.model_name} (weights {self.backbone.weights_id})")
-        if self.config.image_size not in bank.patches:
-            raise MemoryBankError(f"reference bank has no patches at {self.config.image_size} px (it has {sorted(bank.patches)})")
-        if meta.get("feature") != self.config.vision_feature:
-            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; ALFA uses {self.config.vision_feature}")
+        bank.check_compatible(self.backbone, (self.config.image_size,), self.config.vision_feature)
 
     def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> AlfaEmbeddings:
         del extra_features  # ALFA's global forward always yields the CLIP patches its memory bank needs

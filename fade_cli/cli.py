@@ -17,17 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM_WEIGHTS
+from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .config import FadeConfig
 from .errors import FadeError, ImageError, UsageError
-from .io import (DEFAULT_MAX_PIXELS, InputItem, Manifest, atomic_write, common_base, expand_inputs, load_image,
-                 output_stem, overlay, save_npy, save_png)
+from .io import DEFAULT_MAX_PIXELS, InputItem, Manifest, atomic_write, common_base, expand_inputs, load_image
 
 app = typer.Typer(
     name="fade",

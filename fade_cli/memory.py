@@ -66,6 +66,20 @@ class MemoryBank:
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
 
+    def check_compatible(self, backbone, scales, feature: str) -> None:
+        """Refuse a bank built with other weights, without these scales, or of another feature kind."""
+        meta = self.meta
+        if meta.get("model") != backbone.model_name or meta.get("weights_id") != backbone.weights_id:
+            raise MemoryBankError(
+                f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
+                f"not {backbone.model_name} (weights {backbone.weights_id})"
+            )
+        missing = sorted(set(scales) - set(self.patches))
+        if missing:
+            raise MemoryBankError(f"reference bank has no patches at scale(s) {missing} (it has {sorted(self.patches)})")
+        if meta.get("feature") != feature:
+            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {feature}")
+
     def score(self, scale: int, query: torch.Tensor) -> torch.Tensor:
         """(B, N, D) query patches at `scale` -> (B, N) nearest-neighbour distances (k = 1)."""
         if scale not in self.patches:

@@ -26,7 +26,7 @@ from PIL import Image
 from . import __version__
 from .backbone import Backbone, ImageEmbeddings, preprocess_batch
 from .config import FadeConfig
-from .errors import MemoryBankError, UsageError
+from .errors import UsageError
 from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank, self_knn_distance
@@ -125,19 +125,7 @@ class FadePipeline:
         return cls(backbone, config, class_name, cls_text, seg_text, reference_bank, filo_text=filo_text)
 
     def _check_bank(self, bank: MemoryBank) -> None:
-        meta = bank.meta
-        if meta.get("model") != self.backbone.model_name or meta.get("weights_id") != self.backbone.weights_id:
-            raise MemoryBankError(
-                f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
-                f"not {self.backbone.model_name} (weights {self.backbone.weights_id})"
-            )
-        missing = sorted(set(self.config.seg_scales) - set(bank.patches))
-        if missing:
-            raise MemoryBankError(f"reference bank has no patches at scale(s) {missing} (it has {sorted(bank.patches)})")
-        if meta.get("feature") != self.config.vision_feature:
-            raise MemoryBankError(
-                f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {self.config.vision_feature}"
-            )
+        bank.check_compatible(self.backbone, self.config.seg_scales, self.config.vision_feature)
 
     @property
     def method_label(self) -> str:

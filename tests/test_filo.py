@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from fade_cli.config import FadeConfig
-from fade_cli.errors import UsageError
 from fade_cli.filo import (FILO_PRESET, MULTI_SHAPE_KERNELS, POSITIONS, build_filo_text, gaussian_smooth, method_label,
                            multi_shape_features, multi_shape_map, object_prior, peak_region, position_language_map,
                            region_grid, resolve_switches, smoothing_sigma)

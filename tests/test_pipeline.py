@@ -13,7 +13,7 @@ from fade_cli.pipeline import FadePipeline, build_reference_bank
 from fade_cli.prompts import TextEncoderCache
 
 from conftest import random_image
-from reference import bilinear_resize, gem_tokens, kth_nn_distance, l2n, language_prob
+from reference import bilinear_resize, gem_tokens, kth_nn_distance, language_prob
 
 CLS_NORMAL = ["a photo of a flawless {class}", "a {class} without defect"]
 CLS_ANOM = ["a photo of a damaged {class}", "a {class} with a crack", "a broken {class}"]
