@@ -27,7 +27,7 @@ from . import aligner as fga
 from .backbone import preprocess_batch
 from .errors import PromptBankError, UsageError
 from .memory import MemoryBank
-from .pipeline import Result
+from .pipeline import Result, bank_for_scoring
 from .prompts import TextEncoderCache, load_bank
 from .rtp import FILTERS, adapted_text
 
@@ -99,7 +99,7 @@ class AlfaPipeline:
         self.reference_bank = reference_bank
         self.few_shot = reference_bank is not None if few_shot is None else few_shot
         if reference_bank is not None:
-            self._check_bank(reference_bank)
+            reference_bank.check_compatible(backbone, *self.bank_layout)
 
     @classmethod
     def from_config(cls, backbone, config: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
@@ -151,9 +151,6 @@ class AlfaPipeline:
         return AlfaPipeline(self.backbone, self.config, self.class_name, self.normal, self.anomalous, tuple(self._banks),
                             few_shot=True, prompt_texts=self.prompt_texts)
 
-    def _check_bank(self, bank: MemoryBank) -> None:
-        bank.check_compatible(self.backbone, (self.config.image_size,), self.config.vision_feature)
-
     def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> AlfaEmbeddings:
         del extra_features  # ALFA's global forward always yields the CLIP patches its memory bank needs
         pixels = preprocess_batch(images, self.config.image_size)
@@ -167,11 +164,7 @@ class AlfaPipeline:
     def score(self, embeddings: AlfaEmbeddings, reference_bank: MemoryBank | None = None) -> list[Result]:
         cfg = self.config
         feats = embeddings.features
-        bank = reference_bank if reference_bank is not None else self.reference_bank
-        if self.few_shot and bank is None:
-            raise UsageError("few-shot scoring needs a reference bank")
-        if reference_bank is not None:
-            self._check_bank(reference_bank)
+        bank = bank_for_scoring(self, reference_bank)
         h_n, h_a, used = self.adapted_prompts(feats.cls)
         text = torch.stack([h_n, h_a], dim=1)  # (B, 2, D)
         s_global = torch.softmax(torch.einsum("bd,bsd->bs", feats.cls, text) / cfg.temperature, dim=-1)[:, 1]

@@ -540,8 +540,12 @@ def eval_command(
     runs = runs_for(shot_list, seeds)
     backbone = load_spec_backbone(spec)
     cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame)
-    make_pipeline = lambda name: build_pipeline(replace(spec, class_name=name), backbone, None, cache)  # noqa: E731
-    probe = make_pipeline(wanted[0])
+    built: dict = {}  # the first class's pipeline, built early for the settings record, is used once more
+
+    def make_pipeline(name: str):
+        return built.pop(name, None) or build_pipeline(replace(spec, class_name=name), backbone, None, cache)
+
+    probe = built[wanted[0]] = make_pipeline(wanted[0])
     banks = probe.banks
     settings = {"dataset": dataset, "root": str(root.absolute()), "method": probe.method_label, "model": backbone.model_name,
                 "pretrained": pretrained, "weights_id": backbone.weights_id, "config": probe.config.as_dict(), "banks": banks,

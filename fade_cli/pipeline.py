@@ -92,7 +92,7 @@ class FadePipeline:
         self.seg_text = seg_text
         self.reference_bank = reference_bank
         if reference_bank is not None:
-            self._check_bank(reference_bank)
+            reference_bank.check_compatible(backbone, *self.bank_layout)
         # FiLo / FiLo++ training-free parts (fade_cli/filo.py); None = plain FADE
         self.filo_text = filo_text
         self.filo = None
@@ -123,9 +123,6 @@ class FadePipeline:
             seg_text = build_text_classifier(_banks(config.seg_prompts), config.seg_class_name, encoder)
         filo_text = build_filo_text(config, class_name, encoder) if any_switch(config) else None
         return cls(backbone, config, class_name, cls_text, seg_text, reference_bank, filo_text=filo_text)
-
-    def _check_bank(self, bank: MemoryBank) -> None:
-        bank.check_compatible(self.backbone, self.config.seg_scales, self.config.vision_feature)
 
     @property
     def method_label(self) -> str:
@@ -181,11 +178,7 @@ class FadePipeline:
     def score(self, embeddings: dict[int, ImageEmbeddings], reference_bank: MemoryBank | None = None) -> list[Result]:
         """Scores and fused maps from embeddings (FADE sec. 3); `reference_bank` overrides the pipeline's."""
         cfg = self.config
-        bank = reference_bank if reference_bank is not None else self.reference_bank
-        if self.few_shot and bank is None:
-            raise UsageError("few-shot scoring needs a reference bank")
-        if reference_bank is not None:
-            self._check_bank(reference_bank)
+        bank = bank_for_scoring(self, reference_bank)
         if cfg.classification == "vision" and not self.few_shot:
             raise UsageError("vision-guided classification needs reference images (--refs or --bank)")
         seg_lang = cfg.segmentation != "vision"
@@ -240,6 +233,17 @@ class FadePipeline:
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))
+
+
+def bank_for_scoring(pipeline, reference_bank: MemoryBank | None) -> MemoryBank | None:
+    """The reference bank a `score` call uses: the one passed in (checked against the pipeline's
+    model, scales and feature) or the pipeline's own; few-shot scoring needs one."""
+    bank = reference_bank if reference_bank is not None else pipeline.reference_bank
+    if pipeline.few_shot and bank is None:
+        raise UsageError("few-shot scoring needs a reference bank")
+    if reference_bank is not None:
+        reference_bank.check_compatible(pipeline.backbone, *pipeline.bank_layout)
+    return bank
 
 
 def _banks(specs: Sequence[str]) -> list[PromptBank]:
