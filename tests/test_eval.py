@@ -2,27 +2,18 @@
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from fade_cli.cli import main
 from fade_cli.demo_data import make_demo_dataset
 from fade_cli.metrics import image_auroc
 
 from conftest import TINY_CONFIG
+from test_cli import run
 
 FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
         "--seg-prompts", "winclip", "--eval-size", "64", "-q"]
-
-
-def run(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["fade", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fade_cli.cli import main
 from fade_cli.ray_engine import INSTALL_HINT, actor_resources
 
 from conftest import TINY_CONFIG, random_image
+from test_cli import run as run_inprocess  # noqa: E402
 
 FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
         "--seg-prompts", "winclip"]
 TIMING = ("ms",)
-
-
-def run_inprocess(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["fade", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 # ---- without a cluster (default suite) ------------------------------------------------------
