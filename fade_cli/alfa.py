@@ -153,7 +153,7 @@ class AlfaPipeline:
 
     def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> AlfaEmbeddings:
         del extra_features  # ALFA's global forward always yields the CLIP patches its memory bank needs
-        pixels = preprocess_batch(images, self.config.image_size)
+        pixels = preprocess_batch(images, self.config.image_size, self.backbone.device)
         return AlfaEmbeddings(fga.encode_with_windows(self.backbone, pixels, self.config.windows))
 
     def adapted_prompts(self, cls: torch.Tensor):

@@ -17,10 +17,12 @@ import logging
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -61,14 +63,23 @@ def resample_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+def resize_rgb(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> (3, size, size) uint8 tensor; square PIL bicubic resize, no crop."""
+    resized = image.convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
+
+
+def normalize_pixels(pixels: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, 3, s, s) uint8 -> CLIP-normalised float32, computed on `device` (uint8 travels 4x lighter)."""
+    x = pixels.to(device).float().div_(255.0) if device is not None else pixels.float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def preprocess(image: Image.Image, size: int) -> torch.Tensor:
     """RGB PIL image -> (3, size, size) normalised tensor; square PIL bicubic resize, no crop."""
-    resized = image.convert("RGB").resize((size, size), Image.BICUBIC)
-    x = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8)
-    x = x.view(size, size, 3).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return normalize_pixels(resize_rgb(image, size)[None])[0]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -95,9 +106,10 @@ def _precision_dtype(precision: str, device: torch.device) -> torch.dtype:
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in dtypes:
         raise UsageError(f"--precision {precision}: expected fp32, fp16 or bf16")
-    if precision != "fp32" and device.type != "cuda":
-        # bf16 is under 2 GFLOP/s on CPUs without AVX-512/AMX; fp16 is slower still.
-        raise UsageError(f"--precision {precision} needs a CUDA device; on CPU use fp32")
+    if precision == "fp16" and device.type != "cuda":
+        # CPU fp16 matrix products are emulated: 4x slower than fp32 here (bench_precision.py).
+        # CPU bf16 is allowed: 1.3-3.4x faster than fp32 with AVX512-BF16/AMX (docs/limits.md).
+        raise UsageError("--precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
     return dtypes[precision]
 
 
@@ -342,5 +354,38 @@ def load_backbone(
     return Backbone(model=model, tokenizer=tokenizer, model_name=model_name, pretrained=pretrained, device=dev, dtype=dtype)
 
 
-def preprocess_batch(images: Iterable[Image.Image], size: int) -> torch.Tensor:
-    return torch.stack([preprocess(im, size) for im in images])
+def preprocess_batch(images: Sequence[Image.Image], size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Images -> (B, 3, size, size) normalised tensor, as `preprocess` for each; resized in threads."""
+    return preprocess_scales(images, (size,), device)[size]
+
+
+def preprocess_scales(images: Sequence[Image.Image], sizes: Iterable[int],
+                      device: torch.device | str | None = None) -> dict[int, torch.Tensor]:
+    """{size: (B, 3, size, size)} for every size, equal to `preprocess` per image and size.
+
+    PIL's resize releases the GIL, so the (image, size) resizes run in a thread pool: on a GPU
+    the host side, not the model, would otherwise bound throughput (about 30 ms of resizing per
+    1024-px image for 240/448/896 on one core). Normalisation runs on `device`."""
+    images, sizes = list(images), sorted(set(sizes))
+    jobs = [(im, s) for s in sizes for im in images]
+    resized = list(_resize_pool().map(lambda job: resize_rgb(*job), jobs)) if len(jobs) > 1 else [resize_rgb(*jobs[0])]
+    n = len(images)
+    return {s: normalize_pixels(torch.stack(resized[k * n : (k + 1) * n]), device) for k, s in enumerate(sizes)}
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _resize_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="fade-resize")
+    return _POOL
+
+
+def _forget_pool_in_child() -> None:
+    global _POOL  # a forked child has none of the parent's threads
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)

@@ -210,7 +210,7 @@ def _run(
 ) -> int:
     from .pipeline import build_reference_bank
     from .prompts import TextEncoderCache
-    from .runner import OutputSpec, build_pipeline, load_spec_backbone, score_chunk
+    from .runner import OutputSpec, build_pipeline, load_spec_backbone, score_paths
 
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine}: expected local or ray")
@@ -294,8 +294,7 @@ def _run(
         results = run_ray(spec, output, reference_bank, pending, batch_size=batch_size, actors=actors,
                           address=ray_address, text_embeddings=cache.memo, log=lambda m: _log(quiet, m), quiet=quiet)
     else:
-        results = (o for start in range(0, len(pending), batch_size)
-                   for o in score_chunk(pipeline, pending[start : start + batch_size], spec, output))
+        results = score_paths(pipeline, pending, spec, output, batch_size)
     if progress:
         progress.start()
     try:

@@ -8,10 +8,12 @@ leaves a half-written file under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,35 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_limit_lock = threading.Lock()
+_active_limits: dict[int, int] = {}  # max_pixels -> readers using it now
+_default_limit = Image.MAX_IMAGE_PIXELS
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int):
+    """Let PIL decode up to `max_pixels` while any reader needs it (load_image checks each image
+    against its own limit). PIL's limit is one global and readers run in threads, so it is the
+    largest active limit, and PIL's default again when none is active."""
+    global _default_limit
+    with _limit_lock:
+        if not _active_limits:
+            _default_limit = Image.MAX_IMAGE_PIXELS
+            # PIL only warns between its limit and twice that; make it an error. Once, process-wide:
+            # swapping warning filters per call (catch_warnings) is not thread-safe.
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _active_limits[max_pixels] = _active_limits.get(max_pixels, 0) + 1
+        Image.MAX_IMAGE_PIXELS = max(_active_limits)
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _active_limits[max_pixels] -= 1
+            if not _active_limits[max_pixels]:
+                del _active_limits[max_pixels]
+            Image.MAX_IMAGE_PIXELS = max(_active_limits) if _active_limits else _default_limit
+
+
 def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read an image file as RGB, or raise ImageError saying what is wrong with it."""
     try:
@@ -119,17 +150,13 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise ImageError("is a directory")
     if size == 0:
         raise ImageError("empty file (0 bytes)")
-    old_limit = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise Image.DecompressionBombError
-                im.load()
-                rgb = to_rgb(im)
+        with _pixel_limit(max_pixels), Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise Image.DecompressionBombError
+            im.load()
+            rgb = to_rgb(im)
     except PermissionError:
         raise ImageError("permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -138,8 +165,6 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise ImageError("not an image, or an unsupported format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"truncated or corrupt image data ({str(exc).strip() or exc.__class__.__name__})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(f"image is {rgb.size[0]}×{rgb.size[1]} pixels, smaller than one {MIN_SIDE}-pixel patch")
     return rgb

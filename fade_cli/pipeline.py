@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .backbone import Backbone, ImageEmbeddings, preprocess_batch
+from .backbone import Backbone, ImageEmbeddings, preprocess_batch, preprocess_scales
 from .config import FadeConfig
 from .errors import UsageError
 from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
@@ -55,7 +55,7 @@ def build_reference_bank(
         chunks = []
         for img in images:  # one at a time: memory stays flat in the number of references
             emb = backbone.encode_images(
-                preprocess_batch([img], scale), want_cls=False, want_clip=feature == "clip", want_gem=feature == "gem"
+                preprocess_batch([img], scale, backbone.device), want_cls=False, want_clip=feature == "clip", want_gem=feature == "gem"
             )
             chunks.append((emb.clip if feature == "clip" else emb.gem)[0])
         patches[scale] = torch.cat(chunks)
@@ -165,12 +165,13 @@ class FadePipeline:
         scales so that other configurations can score the same embeddings."""
         cfg = self.config
         out = {}
-        for scale in sorted({cfg.cls_scale, *cfg.seg_scales}):
+        pixels = preprocess_scales(images, {cfg.cls_scale, *cfg.seg_scales}, self.backbone.device)
+        for scale, batch in pixels.items():
             want_cls, feats = self._features(scale)
             if scale in cfg.seg_scales:
                 feats |= set(extra_features)
             out[scale] = self.backbone.encode_images(
-                preprocess_batch(images, scale), want_cls=want_cls, want_clip="clip" in feats,
+                batch, want_cls=want_cls, want_clip="clip" in feats,
                 want_gem="gem" in feats, gem_iterations=cfg.gem_iterations,
             )
         return out

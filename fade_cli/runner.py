@@ -7,9 +7,12 @@ the same rows and files with `score_chunk`.
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -124,6 +127,41 @@ def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
                     continue
             outcomes[p].row = row
     return [outcomes[p] for p in paths]
+
+
+def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec,
+                batch_size: int = 1) -> Iterator[Outcome]:
+    """`score_chunk` over `paths` in chunks of `batch_size`, outcomes in input order.
+
+    Files are read in threads a few ahead of the chunk being scored, so decoding overlaps the
+    model (PIL releases the GIL): on a GPU, reading one file at a time would bound throughput."""
+    workers = min(8, os.cpu_count() or 1)
+    ahead = max(2 * batch_size, workers)
+    todo = iter(paths)
+    window: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fade-read")
+
+    def fill() -> None:
+        while len(window) < ahead and (p := next(todo, None)) is not None:
+            window.append((p, pool.submit(_read, p, output.max_pixels)))
+
+    try:
+        fill()
+        while window:
+            chunk = [window.popleft() for _ in range(min(batch_size, len(window)))]
+            fill()
+            images = {p: future.result() for p, future in chunk}
+            yield from score_chunk(pipeline, [p for p, _ in chunk], spec, output, images)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read(path: Path, max_pixels: int):
+    """The RGB image, or the reason it cannot be read (what `score_chunk` takes as `images`)."""
+    try:
+        return load_image(path, max_pixels)
+    except ImageError as exc:
+        return str(exc)
 
 
 def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float) -> dict:
