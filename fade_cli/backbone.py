@@ -221,9 +221,11 @@ class Backbone:
         return self._fingerprint
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.dtype != torch.float32:
-            return torch.autocast("cuda", dtype=self.dtype)
-        return torch.autocast("cpu", enabled=False)
+        # Autocast on the backbone's own device type: CUDA, or CPU for --precision bf16 (and for
+        # the tests and bench/bench_precision.py, which also run fp16 through this path on CPU).
+        if self.dtype != torch.float32:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, enabled=False)
 
     def _pos_embed(self, grid: int) -> torch.Tensor:
         if grid not in self._pos_cache:

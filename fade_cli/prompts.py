@@ -229,9 +229,9 @@ def default_cache_dir() -> Path:
 
 
 class TextEncoderCache:
-    """Text embeddings on disk, keyed by model, weights fingerprint, text frame and the texts.
+    """Text embeddings on disk, keyed by model, weights fingerprint, precision, text frame and the texts.
 
-    One `.npy` file per distinct (model, weights, frame, texts) set, written atomically; read
+    One `.npy` file per distinct (model, weights, precision, frame, texts) set, written atomically; read
     with allow_pickle=False. A changed prompt, bank, frame or model gives a different key, so
     stale embeddings are never reused.
     """
@@ -245,7 +245,9 @@ class TextEncoderCache:
         self.misses = 0
 
     def key(self, texts: list[str]) -> str:
-        blob = json.dumps([self.backbone.model_name, self.backbone.weights_id, self.frame, texts], ensure_ascii=False)
+        # the precision too: bf16 embeddings differ from fp32 ones by ~5e-3, and must not stand in for them
+        blob = json.dumps([self.backbone.model_name, self.backbone.weights_id, str(self.backbone.dtype), self.frame, texts],
+                          ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def encode(self, texts: list[str]) -> torch.Tensor:
