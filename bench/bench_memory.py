@@ -5,7 +5,7 @@ embed a batch at one scale on the GEM + CLIP paths, and report the peak RSS abov
 model-loaded baseline (CPU) or torch's peak allocated memory (CUDA).
 
     python bench/bench_memory.py                     # scales 240, 448, 896; batches 1 and 8
-    python bench/bench_memory.py --device cuda --batches 1,8,32
+    python bench/bench_memory.py --device cuda --batches 1,8,32 --precision bf16
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import subprocess
 import sys
 
 
-def measure(model: str, scale: int, batch: int, device: str) -> dict:
+def measure(model: str, scale: int, batch: int, device: str, precision: str) -> dict:
     import numpy as np
     import torch
     from PIL import Image
 
     from fade_cli.backbone import load_backbone, preprocess_batch
 
-    backbone = load_backbone(model, "none", device)
+    backbone = load_backbone(model, "none", device, precision)
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)) for _ in range(batch)]
     pixels = preprocess_batch(imgs, scale)
@@ -45,16 +45,17 @@ def main() -> None:
     ap.add_argument("--scales", default="240,448,896")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16, or fp16 (CUDA only)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: "scale,batch" measured in this process
     args = ap.parse_args()
     if args.one:
         scale, batch = (int(x) for x in args.one.split(","))
-        print(json.dumps(measure(args.model, scale, batch, args.device)))
+        print(json.dumps(measure(args.model, scale, batch, args.device, args.precision)))
         return
     print("scale  batch  peak memory above the loaded model")
     for scale in (int(s) for s in args.scales.split(",")):
         for batch in (int(b) for b in args.batches.split(",")):
-            res = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
+            res = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device, "--precision", args.precision,
                                   "--one", f"{scale},{batch}"], capture_output=True, text=True, check=True)
             r = json.loads(res.stdout.strip().splitlines()[-1])
             extra = f", CUDA peak {r['cuda_peak_allocated_mb']} MB" if "cuda_peak_allocated_mb" in r else ""

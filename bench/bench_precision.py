@@ -3,18 +3,22 @@
 Full-size ViT-B-16-plus-240 with random weights (identical computation to the real checkpoint),
 generated images, 0-shot FADE at the given scales and 0-shot ALFA, batch 1. Each reduced
 precision runs a Backbone that shares the fp32 model and autocasts to fp16 / bf16 — what
-`--precision` gives on CUDA (`load_backbone` keeps fp32 weights and autocasts) — so the same
-comparison also runs on CPU, where the CLI refuses it.
+`--precision` gives (`load_backbone` keeps fp32 weights and autocasts) — so the same
+comparison also runs on CPU, where the CLI allows bf16 but refuses fp16.
 
 Random weights put FADE's zero-shot vision distances far above the real checkpoint's, so the
 default ×80 vision multiplier clamps every map to 1 and Δ map would read 0; the bench uses ×1
 (--vision-multiplier; same computation), and prints how much of the fp32 maps sits at 1.
 
-Text embeddings are encoded once, in fp32, and shared by all precisions (as a warm text cache
-does for the CLI), so the differences are those of the image path; --text-per-precision encodes
-them in each precision too. On CPU, fp16 autocast is about 4x slower than fp32 without
+Text embeddings are encoded in each precision, as the CLI does (its text cache is keyed by
+precision). On CPU, fp16 autocast is about 4x slower than fp32 without
 AVX512-FP16/AMX-FP16 (~45 GFLOP/s on a 2-core AVX512-BF16 host, where bf16 is 2-3x faster than
 fp32): --precisions bf16 skips it.
+
+ALFA's run-time prompt adaptation keeps or drops each prompt per image by comparing cosines
+with interval ends: a prompt at an end can flip under any perturbation, and with random weights
+few prompts are kept, so one flip moves the map a lot (bf16 images with fp32 text: up to
+0.12 here). --prompt-filter none shows the difference without those decisions.
 
     python bench/bench_precision.py --device cuda                     # 240,448,896; fp16 and bf16
     python bench/bench_precision.py --scales 240 --images 1 --precisions bf16   # a few minutes on CPU
@@ -57,7 +61,7 @@ def build(method: str, backbone, args, cache_dir: Path):
         config = FadeConfig(seg_scales=args.scale_list, seg_prompts=tuple(args.seg_prompts.split(",")),
                             vision_multiplier=args.vision_multiplier or None)
         return FadePipeline.from_config(backbone, config, "bottle", None, cache)
-    config = AlfaConfig(windows=tuple(int(w) for w in args.windows.split(",")))
+    config = AlfaConfig(windows=tuple(int(w) for w in args.windows.split(",")), prompt_filter=args.prompt_filter)
     return AlfaPipeline.from_config(backbone, config, "bottle", None, cache)
 
 
@@ -81,10 +85,10 @@ def main() -> None:
     ap.add_argument("--methods", default="fade,alfa")
     ap.add_argument("--precisions", default="bf16,fp16", help="reduced precisions compared with fp32")
     ap.add_argument("--windows", default="2,3", help="ALFA window sizes")
+    ap.add_argument("--prompt-filter", default="alfa", help="ALFA's run-time prompt filter: alfa, filo or none")
     ap.add_argument("--seg-prompts", default="winclip,fade-llm")
     ap.add_argument("--vision-multiplier", type=float, default=1.0, help="FADE's; 0: its default (80, saturates random weights)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up images per method and precision")
-    ap.add_argument("--text-per-precision", action="store_true", help="encode the prompts in each precision too")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--csv", default=str(Path(__file__).with_name("results.csv")), help="'' to append nothing")
@@ -113,9 +117,8 @@ def main() -> None:
         base = None
         for precision in ["fp32", *precisions]:
             backbone = dataclasses.replace(fp32, dtype=DTYPES[precision])  # same model object, autocast
-            cache_dir = cache_root / precision if args.text_per_precision else cache_root
             t = time.perf_counter()
-            pipe = build(method, backbone, args, cache_dir)
+            pipe = build(method, backbone, args, cache_root)
             setup = time.perf_counter() - t
             if backbone.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(backbone.device)

@@ -8,6 +8,8 @@ default) per configuration when its metrics are computed, so memory stays small.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +20,7 @@ import torch
 from .backbone import Backbone
 from .datasets import ClassSplit, DatasetError, load_mask, sample_references
 from .errors import ImageError
-from .io import load_image, overlay, save_npy, save_png
+from .io import load_image, overlay, read_ahead, save_npy, save_png
 from .memory import MemoryBank
 from .metrics import evaluate, resize_map, resize_mask
 from .pipeline import build_reference_bank
@@ -98,30 +100,34 @@ def evaluate_class(
     scores: dict[Run, list[float]] = {r: [] for r in runs}
     grid_maps: dict[Run, list[torch.Tensor]] = {r: [] for r in runs}
     extra = (few.bank_layout[1],) if few else ()
-    for start in range(0, len(split.test), batch_size):
-        batch = split.test[start : start + batch_size]
-        images = []
-        for s in batch:
-            try:
-                images.append(load_image(s.image))
-            except ImageError as exc:
-                raise DatasetError(f"{s.image}: {exc}") from None
-        embeddings = zero.embed(images, extra_features=extra)
-        outcomes = {r: (few.score(embeddings, banks[r]) if r.shots else zero.score(embeddings)) for r in runs}
-        for i, s in enumerate(batch):
-            labels.append(s.label)
-            if has_masks:
-                masks.append(resize_mask(load_mask(s.mask, images[i].size), eval_size))
-            row = {"path": str(s.image), "label": s.label, "defect": s.defect, "scores": {}}
-            for r in runs:
-                res = outcomes[r][i]
-                scores[r].append(res.score)
-                grid_maps[r].append(res.map)
-                row["scores"][r.label] = round(res.score, 6)
-                _save_inspection(maps_dir, overlays_dir, r, split, s.image, images[i], res.map, eval_size)
-            result.images.append(row)
-            if on_image:
-                on_image()
+
+    def read(sample):  # in a reader thread: the image, and its mask at the evaluation size
+        try:
+            image = load_image(sample.image)
+        except ImageError as exc:
+            raise DatasetError(f"{sample.image}: {exc}") from None
+        return image, (resize_mask(load_mask(sample.mask, image.size), eval_size) if has_masks else None)
+
+    with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
+        while chunk := list(itertools.islice(reads, batch_size)):
+            batch = [s for s, _ in chunk]
+            images = [image for _, (image, _) in chunk]
+            embeddings = zero.embed(images, extra_features=extra)
+            outcomes = {r: (few.score(embeddings, banks[r]) if r.shots else zero.score(embeddings)) for r in runs}
+            for i, s in enumerate(batch):
+                labels.append(s.label)
+                if has_masks:
+                    masks.append(chunk[i][1][1])
+                row = {"path": str(s.image), "label": s.label, "defect": s.defect, "scores": {}}
+                for r in runs:
+                    res = outcomes[r][i]
+                    scores[r].append(res.score)
+                    grid_maps[r].append(res.map)
+                    row["scores"][r.label] = round(res.score, 6)
+                    _save_inspection(maps_dir, overlays_dir, r, split, s.image, images[i], res.map, eval_size)
+                result.images.append(row)
+                if on_image:
+                    on_image()
 
     y = np.asarray(labels, dtype=int)
     if y.min() == y.max():

@@ -15,14 +15,19 @@ import os
 import sys
 import threading
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k × 10k; raise with --max-pixels
@@ -168,6 +173,30 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(f"image is {rgb.size[0]}×{rgb.size[1]} pixels, smaller than one {MIN_SIDE}-pixel patch")
     return rgb
+
+
+def read_ahead(items: Iterable[T], read: Callable[[T], R], ahead: int = 16,
+               workers: int | None = None) -> Iterator[tuple[T, R]]:
+    """(item, read(item)) in the items' order, with up to `ahead` reads running in threads
+    before the consumer gets there: decoding (PIL releases the GIL) overlaps the consumer's
+    work. An exception raised by `read` is raised here, at its item. Closing the iterator
+    cancels the reads not started and waits for the running ones."""
+    todo = iter(items)
+    window: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1), thread_name_prefix="fade-read")
+    try:
+        while True:
+            while len(window) < max(1, ahead) and (item := next(todo, _END)) is not _END:
+                window.append((item, pool.submit(read, item)))
+            if not window:
+                return
+            item, future = window.popleft()
+            yield item, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
 
 
 def atomic_write(path: Path, write) -> None:

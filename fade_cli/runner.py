@@ -7,9 +7,7 @@ the same rows and files with `score_chunk`.
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -18,7 +16,7 @@ import numpy as np
 
 from .config import FadeConfig
 from .errors import ImageError, UsageError
-from .io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, save_npy, save_png
+from .io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, read_ahead, save_npy, save_png
 
 METHODS = ("fade", "alfa", "filo")
 
@@ -133,27 +131,14 @@ def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
                 batch_size: int = 1) -> Iterator[Outcome]:
     """`score_chunk` over `paths` in chunks of `batch_size`, outcomes in input order.
 
-    Files are read in threads a few ahead of the chunk being scored, so decoding overlaps the
-    model (PIL releases the GIL): on a GPU, reading one file at a time would bound throughput."""
-    workers = min(8, os.cpu_count() or 1)
-    ahead = max(2 * batch_size, workers)
-    todo = iter(paths)
-    window: deque = deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fade-read")
-
-    def fill() -> None:
-        while len(window) < ahead and (p := next(todo, None)) is not None:
-            window.append((p, pool.submit(_read, p, output.max_pixels)))
-
+    Files are read in threads a few ahead of the chunk being scored (`io.read_ahead`), so
+    decoding overlaps the model: on a GPU, reading one file at a time would bound throughput."""
+    reads = read_ahead(paths, lambda p: _read(p, output.max_pixels), ahead=max(2 * batch_size, 8))
     try:
-        fill()
-        while window:
-            chunk = [window.popleft() for _ in range(min(batch_size, len(window)))]
-            fill()
-            images = {p: future.result() for p, future in chunk}
-            yield from score_chunk(pipeline, [p for p, _ in chunk], spec, output, images)
+        while chunk := list(itertools.islice(reads, batch_size)):
+            yield from score_chunk(pipeline, [p for p, _ in chunk], spec, output, dict(chunk))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        reads.close()
 
 
 def _read(path: Path, max_pixels: int):

@@ -68,3 +68,38 @@ def test_eval_errors(capsys, monkeypatch, demo, tmp_path):
     assert code == 2 and "mask" in stderr and "Traceback" not in stderr
     code, _, stderr = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,x", "--out", str(tmp_path), *FAST)
     assert code == 2 and "--shots" in stderr
+
+
+def test_eval_reads_ahead_without_changing_results(capsys, monkeypatch, demo, tmp_path):
+    """Images and masks are read in threads ahead of the batch being scored: the rows keep their
+    order and the scores and metrics do not depend on the batch size (beyond the 1e-6 that
+    batched matrix products move embeddings), and a corrupt test image stops the run with one
+    line naming it."""
+    monkeypatch.setenv("FADE_CACHE_DIR", str(tmp_path / "cache"))
+    got = {}
+    for batch in (1, 3, 64):
+        out = tmp_path / f"eval-b{batch}"
+        code, _, stderr = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,1", "--seeds", "1",
+                              "--batch-size", str(batch), "--out", str(out), *FAST)
+        assert code == 0, stderr
+        classes = json.loads((out / "results.json").read_text())["classes"]
+        with open(out / "per_image.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        got[batch] = ([(c["class"], r["metrics"]) for c in classes for r in c["runs"]], rows)
+    (runs1, rows1) = got[1]
+    assert len(rows1) > 10
+    for batch in (3, 64):
+        runs, rows = got[batch]
+        assert [(r["run"], r["path"]) for r in rows] == [(r["run"], r["path"]) for r in rows1]
+        assert max(abs(float(a["score"]) - float(b["score"])) for a, b in zip(rows, rows1)) <= 1e-5
+        for (cls, m), (cls1, m1) in zip(runs, runs1):
+            assert cls == cls1 and m.keys() == m1.keys()
+            assert all(abs(m[k] - m1[k]) <= 0.01 for k in m)  # percent
+    broken = tmp_path / "corrupt"
+    make_demo_dataset(broken, classes=("tiles",))
+    victim = sorted((broken / "tiles" / "test").rglob("*.png"))[-1]
+    victim.write_bytes(victim.read_bytes()[:60])
+    code, stdout, stderr = run(capsys, monkeypatch, "eval", str(broken), "--out", str(tmp_path / "o"), *FAST)
+    assert code == 2 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if "error" in line] == [
+        f"fade: error: {victim}: truncated or corrupt image data " + stderr.split("truncated or corrupt image data ")[1].splitlines()[0]]

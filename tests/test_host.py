@@ -124,3 +124,25 @@ def test_pixel_limits_hold_per_call_when_readers_run_in_threads(tmp_path):
         if limit < 10_000:
             assert res.startswith("image is too large")
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_read_ahead_keeps_order_bounds_the_lookahead_and_raises_at_the_failing_item():
+    started = []
+    lock = threading.Lock()
+
+    def read(i: int) -> int:
+        with lock:
+            started.append(i)
+        if i == 7:
+            raise ValueError("bad item 7")
+        return i * i
+
+    reads = fade_io.read_ahead(range(20), read, ahead=4, workers=3)
+    got = []
+    with pytest.raises(ValueError, match="bad item 7"):
+        for i, value in reads:
+            got.append((i, value))
+            with lock:
+                assert max(started) <= i + 4  # never more than `ahead` items beyond the consumer
+    assert got == [(i, i * i) for i in range(7)]
+    assert max(started) <= 7 + 4
