@@ -27,7 +27,7 @@ from . import aligner as fga
 from .backbone import preprocess_batch
 from .errors import PromptBankError, UsageError
 from .memory import MemoryBank
-from .pipeline import Result, bank_for_scoring
+from .pipeline import Result, bank_for_scoring, to_results
 from .prompts import TextEncoderCache, load_bank
 from .rtp import FILTERS, adapted_text
 
@@ -188,12 +188,9 @@ class AlfaPipeline:
         fused = fused.clamp(0.0, 1.0)
         score = (0.5 * (s_global + fused.amax(dim=(1, 2)))).clamp(0.0, 1.0)
         t_n = self.normal.shape[0]
-        return [
-            Result(score=float(score[i]), map=fused[i].float().cpu(), language_score=float(s_global[i]),
-                   vision_score=float(vision[i].max()) if vision is not None else None,
-                   extras={"prompts_kept": [int(used[i, :t_n].sum()), int(used[i, t_n:].sum())]})
-            for i in range(score.shape[0])
-        ]
+        kept = torch.stack([used[:, :t_n].sum(-1), used[:, t_n:].sum(-1)], dim=-1)  # (B, 2)
+        return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None,
+                          counts={"prompts_kept": kept})
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))

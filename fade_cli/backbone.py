@@ -194,8 +194,10 @@ class Backbone:
     pretrained: str
     device: torch.device
     dtype: torch.dtype = torch.float32
-    _pos_cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    _fingerprint: str | None = field(default=None, repr=False)
+    # per instance (init=False): a copy made with dataclasses.replace, e.g. on another device,
+    # starts empty instead of sharing tensors that live on the original's device
+    _pos_cache: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     @property
     def patch_size(self) -> int:

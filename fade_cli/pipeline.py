@@ -44,6 +44,30 @@ class Result:
     extras: dict = field(default_factory=dict)
 
 
+def to_results(score: torch.Tensor, maps: torch.Tensor, language: torch.Tensor | None = None,
+               vision: torch.Tensor | None = None, extras: list[dict] | None = None,
+               counts: dict[str, torch.Tensor] | None = None) -> list[Result]:
+    """Per-image Results from a batch's tensors: score (B,), maps (B, G, G), optional language and
+    vision scores (B,), ready-made `extras` dicts, and integer `counts` (B, ...) that go into
+    each image's extras as lists. Each tensor is copied to the CPU once per batch (on a GPU,
+    one synchronisation per tensor instead of one per image and value)."""
+    score, maps = score.float().cpu(), maps.float().cpu()
+    language = language.float().cpu().tolist() if language is not None else None
+    vision = vision.float().cpu().tolist() if vision is not None else None
+    counts = {k: v.cpu().tolist() for k, v in (counts or {}).items()}
+    extras = extras or [{} for _ in range(score.shape[0])]
+    return [
+        Result(
+            score=float(score[i]),
+            map=maps[i],
+            language_score=language[i] if language is not None else None,
+            vision_score=vision[i] if vision is not None else None,
+            extras={**extras[i], **{k: v[i] for k, v in counts.items()}},
+        )
+        for i in range(score.shape[0])
+    ]
+
+
 def build_reference_bank(
     backbone: Backbone, images: Sequence[Image.Image], scales: Sequence[int], feature: str, meta: dict | None = None
 ) -> MemoryBank:
@@ -221,16 +245,7 @@ class FadePipeline:
         else:
             score = ac
         score = score.clamp(0.0, 1.0)
-        return [
-            Result(
-                score=float(score[i]),
-                map=fused[i].float().cpu(),
-                language_score=float(ac[i]) if ac is not None else None,
-                vision_score=float(vis_score[i]) if vis_score is not None else None,
-                extras=extras[i],
-            )
-            for i in range(score.shape[0])
-        ]
+        return to_results(score, fused, ac, vis_score, extras)
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))
