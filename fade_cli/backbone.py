@@ -372,7 +372,7 @@ def preprocess_scales(images: Sequence[Image.Image], sizes: Iterable[int],
     1024-px image for 240/448/896 on one core). Normalisation runs on `device`."""
     images, sizes = list(images), sorted(set(sizes))
     jobs = [(im, s) for s in sizes for im in images]
-    resized = list(_resize_pool().map(lambda job: resize_rgb(*job), jobs)) if len(jobs) > 1 else [resize_rgb(*jobs[0])]
+    resized = list(_resize_pool().map(lambda job: resize_rgb(*job), jobs)) if len(jobs) > 1 else [resize_rgb(*j) for j in jobs]
     n = len(images)
     return {s: normalize_pixels(torch.stack(resized[k * n : (k + 1) * n]), device) for k, s in enumerate(sizes)}
 

@@ -110,21 +110,19 @@ def evaluate_class(
 
     with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
         while chunk := list(itertools.islice(reads, batch_size)):
-            batch = [s for s, _ in chunk]
-            images = [image for _, (image, _) in chunk]
-            embeddings = zero.embed(images, extra_features=extra)
+            embeddings = zero.embed([image for _, (image, _) in chunk], extra_features=extra)
             outcomes = {r: (few.score(embeddings, banks[r]) if r.shots else zero.score(embeddings)) for r in runs}
-            for i, s in enumerate(batch):
+            for i, (s, (image, mask)) in enumerate(chunk):
                 labels.append(s.label)
                 if has_masks:
-                    masks.append(chunk[i][1][1])
+                    masks.append(mask)
                 row = {"path": str(s.image), "label": s.label, "defect": s.defect, "scores": {}}
                 for r in runs:
                     res = outcomes[r][i]
                     scores[r].append(res.score)
                     grid_maps[r].append(res.map)
                     row["scores"][r.label] = round(res.score, 6)
-                    _save_inspection(maps_dir, overlays_dir, r, split, s.image, images[i], res.map, eval_size)
+                    _save_inspection(maps_dir, overlays_dir, r, split, s.image, image, res.map, eval_size)
                 result.images.append(row)
                 if on_image:
                     on_image()
