@@ -190,7 +190,7 @@ class AlfaPipeline:
         t_n = self.normal.shape[0]
         kept = torch.stack([used[:, :t_n].sum(-1), used[:, t_n:].sum(-1)], dim=-1)  # (B, 2)
         return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None,
-                          counts={"prompts_kept": kept})
+                          per_image={"prompts_kept": (kept, list)})
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))

@@ -18,7 +18,7 @@ The pipeline does no file I/O: it takes PIL images and returns tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -44,25 +44,26 @@ class Result:
     extras: dict = field(default_factory=dict)
 
 
+PerImage = dict[str, tuple[torch.Tensor, Callable]]  # extras name -> (batch tensor (B, ...), format one row)
+
+
 def to_results(score: torch.Tensor, maps: torch.Tensor, language: torch.Tensor | None = None,
-               vision: torch.Tensor | None = None, extras: list[dict] | None = None,
-               counts: dict[str, torch.Tensor] | None = None) -> list[Result]:
+               vision: torch.Tensor | None = None, per_image: PerImage | None = None) -> list[Result]:
     """Per-image Results from a batch's tensors: score (B,), maps (B, G, G), optional language and
-    vision scores (B,), ready-made `extras` dicts, and integer `counts` (B, ...) that go into
-    each image's extras as lists. Each tensor is copied to the CPU once per batch (on a GPU,
-    one synchronisation per tensor instead of one per image and value)."""
+    vision scores (B,), and `per_image` extras, each a batch tensor with the function that turns
+    one image's row (a Python number or list) into its `extras` value. Every tensor is copied to
+    the host once per batch: on a GPU one synchronisation per tensor, not per image and value."""
     score, maps = score.float().cpu(), maps.float().cpu()
     language = language.float().cpu().tolist() if language is not None else None
     vision = vision.float().cpu().tolist() if vision is not None else None
-    counts = {k: v.cpu().tolist() for k, v in (counts or {}).items()}
-    extras = extras or [{} for _ in range(score.shape[0])]
+    rows = {name: (values.cpu().tolist(), fmt) for name, (values, fmt) in (per_image or {}).items()}
     return [
         Result(
             score=float(score[i]),
             map=maps[i],
             language_score=language[i] if language is not None else None,
             vision_score=vision[i] if vision is not None else None,
-            extras={**extras[i], **{k: v[i] for k, v in counts.items()}},
+            extras={name: fmt(values[i]) for name, (values, fmt) in rows.items()},
         )
         for i in range(score.shape[0])
     ]
@@ -227,9 +228,9 @@ class FadePipeline:
         m, w = cfg.vision_multiplier, cfg.vision_weight
         vision = fuse_scales(vis_maps) * m if vis_maps else None
         language = fuse_scales(lang_maps) if lang_maps else None
-        extras = [{} for _ in range((language if language is not None else vision).shape[0])]
+        per_image = {}
         if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/filo.py)
-            language, vision, extras = self.filo.refine(embeddings, language, vision, self.few_shot)
+            language, vision, per_image = self.filo.refine(embeddings, language, vision, self.few_shot)
         if cfg.segmentation == "both":
             fused = (1.0 - w) * language + w * vision
         else:
@@ -245,7 +246,7 @@ class FadePipeline:
         else:
             score = ac
         score = score.clamp(0.0, 1.0)
-        return to_results(score, fused, ac, vis_score, extras)
+        return to_results(score, fused, ac, vis_score, per_image)
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))

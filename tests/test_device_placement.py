@@ -3,12 +3,13 @@
 No GPU is available where fade is built and tested, but a tensor left on the CPU while the
 model is on CUDA would only fail on a GPU. torch's FakeTensorMode runs the computation on
 shape-and-device-only tensors and raises on mixed devices exactly as CUDA would, so the tiny
-model is moved to a fake `cuda` and FADE (0- and 1-shot) and ALFA (0- and 1-shot) run their
-preprocessing, forward passes, reference banks, kNN, guidance, prompt adaptation, aligner and
-fusion there. Fake tensors hold no values, so the run stops where values are read: text
-embeddings come from a cache filled on the CPU first, and `to_results`, the one place a batch's
-outcome is copied to the host, is replaced by a check that everything reaching it is on CUDA.
-(FiLo's Gaussian smoothing and its row extras read values on the host by design; not covered.)
+model is moved to a fake `cuda` and FADE, ALFA and FiLo (every switch on), 0- and few-shot,
+run their preprocessing, forward passes, reference banks, kNN, guidance, prompt adaptation,
+aligner, FiLo refinements and fusion there. Fake tensors hold no values, so the run stops
+where values are read: text embeddings come from a cache filled on the CPU first; FiLo's
+Gaussian smoothing (scipy, a host round trip by design) is replaced by a device check; and
+`to_results`, the one place a batch's outcome is copied to the host, is replaced by a check
+that everything reaching it is on CUDA.
 """
 
 from __future__ import annotations
@@ -23,35 +24,38 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import random_image
 from fade_cli import alfa as alfa_module
+from fade_cli import filo as filo_module
 from fade_cli import pipeline as pipeline_module
 from fade_cli.alfa import AlfaConfig, AlfaPipeline
 from fade_cli.config import FadeConfig
+from fade_cli.filo import resolve_switches
 from fade_cli.memory import MemoryBank
 from fade_cli.pipeline import FadePipeline, build_reference_bank
 from fade_cli.prompts import TextEncoderCache
 
 FADE = FadeConfig(cls_scale=32, seg_scales=(32, 64), seg_prompts=("winclip",))
 ALFA = AlfaConfig(image_size=64, windows=(2, 3))
+FILO = dataclasses.replace(FADE, **resolve_switches("filo", positions=True))  # every FiLo part on
 
 
 def make(method: str, backbone, cache: TextEncoderCache, bank: str, refs: list, saved: Path):
     """The method's pipeline. bank: "none" (0-shot), "built" (a reference bank built on
     `backbone`), or "loaded" (a bank file made earlier on the CPU, as --bank gives)."""
     few = FADE.resolved(True)
-    scales, feature = (few.seg_scales, few.vision_feature) if method == "fade" else ((ALFA.image_size,), "clip")
+    scales, feature = ((ALFA.image_size,), "clip") if method == "alfa" else (few.seg_scales, few.vision_feature)
     if bank == "loaded":
         if not saved.exists():
             build_reference_bank(backbone, refs, scales, feature).save(saved)
         reference_bank = MemoryBank.load(saved)
     else:
         reference_bank = build_reference_bank(backbone, refs, scales, feature) if bank == "built" else None
-    if method == "fade":
-        return FadePipeline.from_config(backbone, FADE, "bottle", reference_bank, cache)
-    return AlfaPipeline.from_config(backbone, ALFA, "bottle", reference_bank, cache)
+    if method == "alfa":
+        return AlfaPipeline.from_config(backbone, ALFA, "bottle", reference_bank, cache)
+    return FadePipeline.from_config(backbone, FILO if method == "filo" else FADE, "bottle", reference_bank, cache)
 
 
 @pytest.mark.parametrize("bank", ["none", "built", "loaded"])
-@pytest.mark.parametrize("method", ["fade", "alfa"])
+@pytest.mark.parametrize("method", ["fade", "alfa", "filo"])
 def test_image_path_stays_on_the_model_device(tiny_backbone, tmp_path, monkeypatch, method, bank):
     images = [random_image(0), random_image(1, (90, 60))]
     refs = [random_image(5)]
@@ -61,10 +65,17 @@ def test_image_path_stays_on_the_model_device(tiny_backbone, tmp_path, monkeypat
 
     reached = []
 
-    def check_on_device(score, maps, language=None, vision=None, extras=None, counts=None):
-        tensors = {"score": score, "maps": maps, "language": language, "vision": vision, **(counts or {})}
+    def check_on_device(score, maps, language=None, vision=None, per_image=None):
+        tensors = {"score": score, "maps": maps, "language": language, "vision": vision,
+                   **{name: values for name, (values, _) in (per_image or {}).items()}}
         reached.append({k: (t.device.type, tuple(t.shape)) for k, t in tensors.items() if t is not None})
         return []
+
+    smoothed = []
+
+    def smooth_on_device(maps, sigma):
+        smoothed.append(maps.device.type)
+        return maps
 
     monkeypatch.setattr(pipeline_module, "to_results", check_on_device)
     monkeypatch.setattr(alfa_module, "to_results", check_on_device)
@@ -75,10 +86,15 @@ def test_image_path_stays_on_the_model_device(tiny_backbone, tmp_path, monkeypat
         cache = TextEncoderCache(fake_cuda, tmp_path)
         pipeline = make(method, fake_cuda, cache, bank, refs, saved)
         assert cache.hits and not cache.misses  # text embeddings from the CPU run's cache
+        monkeypatch.setattr(filo_module, "gaussian_smooth", smooth_on_device)  # after the CPU run
         assert pipeline(images) == []
     (seen,) = reached
     assert {device for device, _ in seen.values()} == {"cuda"}, seen
     assert seen["maps"][1] == (len(images), *expected[0].map.shape)
     assert seen["score"][1] == (len(images),)
-    assert ("vision" in seen) == (bank != "none" or method == "fade")
+    assert ("vision" in seen) == (bank != "none" or method != "alfa")
+    if method == "filo":
+        assert set(seen) >= {"foreground", "position"} and set(smoothed) == {"cuda"} and len(smoothed) == 2
+        assert expected[0].extras.keys() == {"foreground", "position"}
+    assert ("prompts_kept" in seen) == (method == "alfa")
     assert next(tiny_backbone.model.parameters()).device.type == "cpu"  # the shared model stayed
