@@ -8,9 +8,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_CONFIG, random_image
-from test_cli import rows, run
-
-ALFA = ["--method", "alfa", "--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--class", "bottle"]
+from helpers import ALFA, rows, run
 
 
 def test_segment_with_alfa_writes_outputs_and_records_the_method(capsys, monkeypatch, image_dir, tmp_path):

@@ -13,23 +13,7 @@ from PIL import Image
 from fade_cli.cli import main
 
 from conftest import TINY_CONFIG, random_image
-
-FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
-        "--seg-prompts", "winclip"]
-
-
-def run(capsys, monkeypatch, *args, cache=None):
-    monkeypatch.setattr(sys, "argv", ["fade", *args])
-    if cache is not None:
-        monkeypatch.setenv("FADE_CACHE_DIR", str(cache))
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def rows(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+from helpers import FAST, rows, run
 
 
 def test_segment_writes_maps_overlays_masks_and_reports_bad_files(capsys, monkeypatch, image_dir, tmp_path):

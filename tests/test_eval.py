@@ -10,7 +10,7 @@ from fade_cli.demo_data import make_demo_dataset
 from fade_cli.metrics import image_auroc
 
 from conftest import TINY_CONFIG
-from test_cli import run
+from helpers import run
 
 FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
         "--seg-prompts", "winclip", "--eval-size", "64", "-q"]

@@ -23,7 +23,7 @@ from fade_cli.pipeline import FadePipeline, build_reference_bank
 from fade_cli.prompts import TextClassifier, TextEncoderCache, load_bank
 
 from conftest import random_image
-from test_cli import FAST, rows, run
+from helpers import FAST, rows, run
 
 NAMES = [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]]
 

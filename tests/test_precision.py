@@ -24,8 +24,7 @@ from fade_cli.pipeline import FadePipeline, build_reference_bank
 from fade_cli.prompts import TextEncoderCache
 
 from conftest import random_image
-from test_alfa_cli import ALFA
-from test_cli import FAST, run
+from helpers import ALFA, FAST, run
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOL = 1e-2  # max |Δ| of maps and scores against fp32

@@ -20,7 +20,7 @@ from PIL import Image
 from fade_cli.ray_engine import INSTALL_HINT, actor_resources
 
 from conftest import TINY_CONFIG, random_image
-from test_cli import run as run_inprocess  # noqa: E402
+from helpers import run as run_inprocess  # noqa: E402
 
 FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
         "--seg-prompts", "winclip"]
