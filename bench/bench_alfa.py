@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fade import append_results, images, peak_rss_mb, vit_flops  # noqa: E402
 
-from fade_cli.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
-from fade_cli.backbone import load_backbone  # noqa: E402
-from fade_cli.pipeline import build_reference_bank  # noqa: E402
-from fade_cli.prompts import TextEncoderCache  # noqa: E402
+from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
+from fade_cli.model.backbone import load_backbone  # noqa: E402
+from fade_cli.methods.fade import build_reference_bank  # noqa: E402
+from fade_cli.prompts.banks import TextEncoderCache  # noqa: E402
 
 
 def alfa_flops(width: int, layers: int, grid: int, windows: tuple[int, ...]) -> float:

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fade_cli.backbone import load_backbone
-from fade_cli.config import FadeConfig
-from fade_cli.pipeline import FadePipeline, build_reference_bank
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.model.backbone import load_backbone
+from fade_cli.methods.fade import FadeConfig
+from fade_cli.methods.fade import FadePipeline
+from fade_cli.methods.base import build_reference_bank
+from fade_cli.prompts.text import TextEncoderCache
 
 
 def vit_flops(width: int, layers: int, tokens: int, gem_layers: int, mlp_ratio: float = 4.0) -> float:

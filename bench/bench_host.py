@@ -26,9 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fade import append_results  # noqa: E402
 
-from fade_cli.backbone import preprocess, preprocess_scales  # noqa: E402
-from fade_cli.io import load_image  # noqa: E402
-from fade_cli.runner import _read  # noqa: E402
+from fade_cli.model.backbone import preprocess, preprocess_scales  # noqa: E402
+from fade_cli.data.io import load_image  # noqa: E402
+from fade_cli.engines.runner import _read  # noqa: E402
 
 
 def photo_like(seed: int, size: int) -> Image.Image:

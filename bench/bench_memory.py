@@ -22,7 +22,7 @@ def measure(model: str, scale: int, batch: int, device: str, precision: str) -> 
     import torch
     from PIL import Image
 
-    from fade_cli.backbone import load_backbone, preprocess_batch
+    from fade_cli.model.backbone import load_backbone, preprocess_batch
 
     backbone = load_backbone(model, "none", device, precision)
     rng = np.random.default_rng(0)

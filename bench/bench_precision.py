@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_alfa import alfa_flops  # noqa: E402
 from bench_fade import append_results, images, peak_rss_mb, vit_flops  # noqa: E402
 
-from fade_cli.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
-from fade_cli.backbone import load_backbone  # noqa: E402
-from fade_cli.config import FadeConfig  # noqa: E402
-from fade_cli.pipeline import FadePipeline  # noqa: E402
-from fade_cli.prompts import TextEncoderCache  # noqa: E402
+from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
+from fade_cli.model.backbone import load_backbone  # noqa: E402
+from fade_cli.methods.fade import FadeConfig  # noqa: E402
+from fade_cli.methods.fade import FadePipeline  # noqa: E402
+from fade_cli.prompts.banks import TextEncoderCache  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

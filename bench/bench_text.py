@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from fade_cli.backbone import load_backbone
-from fade_cli.prompts import DEFAULT_FRAME, load_bank
+from fade_cli.model.backbone import load_backbone
+from fade_cli.prompts.text import DEFAULT_FRAME
+from fade_cli.prompts.banks import load_bank
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ TINY = "fade-tiny"
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from fade_cli.backbone import load_backbone
+    from fade_cli.model.backbone import load_backbone
 
     return load_backbone(TINY, "none", "cpu")
 

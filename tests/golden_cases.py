@@ -63,7 +63,7 @@ def _check(code: int, stderr: str, case: str) -> None:
 
 def compute(work: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """Every case's outputs: (JSON-able records by case, maps by 'case/name')."""
-    from fade_cli.demo_data import make_demo_dataset
+    from fade_cli.data.demo_data import make_demo_dataset
 
     images, refs = _inputs(work)
     demo = make_demo_dataset(work / "demo", classes=("tiles",), n_train=2, n_good=2, n_bad=1, size=64)

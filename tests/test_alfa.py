@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 import reference as ref
 from conftest import random_image
-from fade_cli import aligner, rtp
-from fade_cli.alfa import AlfaConfig, AlfaPipeline, alfa_config_from_options
-from fade_cli.backbone import preprocess_batch
+from fade_cli.methods import aligner, rtp
+from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline, alfa_config_from_options
+from fade_cli.model.backbone import preprocess_batch
 from fade_cli.errors import UsageError
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.prompts.text import TextEncoderCache
 
 
 def _sims(seed, b=3, tn=7, ta=5):
@@ -200,7 +200,7 @@ def test_each_ablation_switch_changes_the_output(tiny_backbone, alfa_images, tmp
 
 
 def test_few_shot_adds_the_memory_bank_term(tiny_backbone, alfa_images, tmp_path):
-    from fade_cli.pipeline import build_reference_bank
+    from fade_cli.methods.base import build_reference_bank
 
     zero = _pipeline(tiny_backbone, tmp_path)
     bank = build_reference_bank(tiny_backbone, [random_image(30), random_image(31)], (240,), "clip")

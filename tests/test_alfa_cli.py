@@ -57,7 +57,7 @@ def test_alfa_usage_errors(capsys, monkeypatch, image_dir, tmp_path):
 
 
 def test_eval_with_alfa(capsys, monkeypatch, tmp_path):
-    from fade_cli.demo_data import make_demo_dataset
+    from fade_cli.data.demo_data import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "demo", classes=("tiles",), n_train=3, n_good=2, n_bad=2)
     out = tmp_path / "eval"

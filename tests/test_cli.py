@@ -218,7 +218,7 @@ def test_resume_skips_finished_images_and_keeps_order(capsys, monkeypatch, image
 
 
 def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(capsys, monkeypatch, image_dir, tmp_path):
-    import fade_cli.runner as runner
+    import fade_cli.engines.runner as runner
 
     out = tmp_path / "out"
     real_save_png, calls = runner.save_png, []
@@ -258,7 +258,7 @@ def test_command_line_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, arg
 
 
 def test_unexpected_failures_give_one_line_and_exit_70(capsys, monkeypatch, image_dir, tmp_path):
-    import fade_cli.runner as runner
+    import fade_cli.engines.runner as runner
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
@@ -270,3 +270,8 @@ def test_unexpected_failures_give_one_line_and_exit_70(capsys, monkeypatch, imag
     monkeypatch.setattr(sys, "argv", ["fade", "detect", str(image_dir), "-q", *FAST])
     with pytest.raises(RuntimeError, match="simulated bug"):
         main()
+
+
+def test_python_dash_m_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "fade_cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("fade ")

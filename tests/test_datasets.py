@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fade_cli.datasets import (
+from fade_cli.data.datasets import (
     MVTEC_CLASSES,
     VISA_CLASSES,
     DatasetError,
@@ -23,7 +23,7 @@ from fade_cli.datasets import (
     read_visa,
     sample_references,
 )
-from fade_cli.demo_data import DEFECT_COLORS, make_demo_dataset
+from fade_cli.data.demo_data import DEFECT_COLORS, make_demo_dataset
 from fade_cli.errors import FadeError
 
 

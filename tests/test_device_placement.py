@@ -23,15 +23,16 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import random_image
-from fade_cli import alfa as alfa_module
-from fade_cli import filo as filo_module
-from fade_cli import pipeline as pipeline_module
-from fade_cli.alfa import AlfaConfig, AlfaPipeline
-from fade_cli.config import FadeConfig
-from fade_cli.filo import resolve_switches
-from fade_cli.memory import MemoryBank
-from fade_cli.pipeline import FadePipeline, build_reference_bank
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.methods import alfa as alfa_module
+from fade_cli.methods import filo as filo_module
+from fade_cli.methods import fade as pipeline_module
+from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline
+from fade_cli.methods.fade import FadeConfig
+from fade_cli.methods.filo import resolve_switches
+from fade_cli.methods.memory import MemoryBank
+from fade_cli.methods.fade import FadePipeline
+from fade_cli.methods.base import build_reference_bank
+from fade_cli.prompts.text import TextEncoderCache
 
 FADE = FadeConfig(cls_scale=32, seg_scales=(32, 64), seg_prompts=("winclip",))
 ALFA = AlfaConfig(image_size=64, windows=(2, 3))

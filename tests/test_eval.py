@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from fade_cli.demo_data import make_demo_dataset
-from fade_cli.metrics import image_auroc
+from fade_cli.data.demo_data import make_demo_dataset
+from fade_cli.evaluation.metrics import image_auroc
 
 from conftest import TINY_CONFIG
 from helpers import run

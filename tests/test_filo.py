@@ -13,14 +13,29 @@ import numpy as np
 import pytest
 import torch
 
-from fade_cli.config import FadeConfig
-from fade_cli.filo import (FILO_PRESET, MULTI_SHAPE_KERNELS, POSITIONS, build_filo_text, gaussian_smooth, method_label,
-                           multi_shape_features, multi_shape_map, object_prior, peak_region, position_language_map,
-                           region_grid, resolve_switches, smoothing_sigma)
-from fade_cli.guidance import TEMPERATURE, fuse_scales, language_score, to_grid
-from fade_cli.memory import self_knn_distance
-from fade_cli.pipeline import FadePipeline, build_reference_bank
-from fade_cli.prompts import TextClassifier, TextEncoderCache, load_bank
+from fade_cli.methods.fade import FadeConfig
+from fade_cli.methods.filo import (
+    FILO_PRESET,
+    MULTI_SHAPE_KERNELS,
+    POSITIONS,
+    build_filo_text,
+    gaussian_smooth,
+    method_label,
+    multi_shape_features,
+    multi_shape_map,
+    object_prior,
+    peak_region,
+    position_language_map,
+    region_grid,
+    resolve_switches,
+    smoothing_sigma,
+)
+from fade_cli.methods.guidance import TEMPERATURE, fuse_scales, language_score, to_grid
+from fade_cli.methods.memory import self_knn_distance
+from fade_cli.methods.fade import FadePipeline
+from fade_cli.methods.base import build_reference_bank
+from fade_cli.prompts.text import TextClassifier, TextEncoderCache
+from fade_cli.prompts.banks import load_bank
 
 from conftest import random_image
 from helpers import FAST, rows, run
@@ -456,7 +471,7 @@ def test_filo_switches_are_refused_with_alfa(capsys, monkeypatch, image_dir, tmp
 
 
 def test_prompt_sets_outside_the_position_pass_drop_the_placeholder():
-    from fade_cli.prompts import build_text_classifier
+    from fade_cli.prompts.text import build_text_classifier
 
     enc = CountingEncoder()
     build_text_classifier([load_bank("filo")], "bottle", enc)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fade_cli.backbone import load_backbone, preprocess_batch
+from fade_cli.model.backbone import load_backbone, preprocess_batch
 
 from conftest import random_image
 from reference import gem_tokens

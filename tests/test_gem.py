@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fade_cli.backbone import preprocess_batch, resample_pos_embed
-from fade_cli.gem import self_self_attention
+from fade_cli.model.backbone import preprocess_batch, resample_pos_embed
+from fade_cli.model.gem import self_self_attention
 
 from conftest import random_image
 from reference import gem_tokens, l2n, softmax

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fade_cli.errors import FadeError
-from fade_cli.generate import GenerationError, LLMClient, clean_item, generate_bank, parse_items, write_bank
-from fade_cli.prompts import load_bank, validate_bank
+from fade_cli.prompts.generate import GenerationError, LLMClient, clean_item, generate_bank, parse_items, write_bank
+from fade_cli.prompts.banks import load_bank, validate_bank
 
 # --------------------------------------------------------------------------------------------
 # The stub server
@@ -510,7 +510,7 @@ def test_cli_prompts_generate_writes_a_loadable_bank(stub, tmp_path, monkeypatch
     import sys as _sys
 
     from fade_cli.cli import main
-    from fade_cli.prompts import load_bank
+    from fade_cli.prompts.banks import load_bank
 
     stub.respond = json_answer
     monkeypatch.setenv("MY_KEY", "sekrit")

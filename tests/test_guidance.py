@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from fade_cli.guidance import fuse_scales, language_score, resize_map, to_grid
-from fade_cli.prompts import TextClassifier
+from fade_cli.methods.guidance import fuse_scales, language_score, resize_map, to_grid
+from fade_cli.prompts.text import TextClassifier
 
 from reference import bilinear_resize, l2n, language_prob
 

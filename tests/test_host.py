@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from conftest import random_image
-from fade_cli import io as fade_io
-from fade_cli.backbone import CLIP_MEAN, CLIP_STD, preprocess, preprocess_batch, preprocess_scales
+from fade_cli.data import io as fade_io
+from fade_cli.model.backbone import CLIP_MEAN, CLIP_STD, preprocess, preprocess_batch, preprocess_scales
 from fade_cli.errors import ImageError
-from fade_cli.io import load_image
-from fade_cli.runner import OutputSpec, ScorerSpec, build_pipeline, score_chunk, score_paths
-from fade_cli.config import FadeConfig
+from fade_cli.data.io import load_image
+from fade_cli.engines.runner import OutputSpec, ScorerSpec, build_pipeline, score_chunk, score_paths
+from fade_cli.methods.fade import FadeConfig
 
 
 def direct_preprocess(image: Image.Image, size: int) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_read_ahead_gives_the_outcomes_of_one_chunk_at_a_time(tiny_backbone, mix
         readers.add(threading.current_thread().name)
         return real_load(path, max_pixels)
 
-    monkeypatch.setattr("fade_cli.runner.load_image", recording_load)
+    monkeypatch.setattr("fade_cli.engines.runner.load_image", recording_load)
     got = list(score_paths(pipeline, mixed_inputs, spec, output, batch_size))
     assert [o.path for o in got] == mixed_inputs
     assert [o.error for o in got] == [o.error for o in expected]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fade_cli.errors import ImageError
-from fade_cli.io import expand_inputs, load_image, output_stem, to_rgb
+from fade_cli.data.io import expand_inputs, load_image, output_stem, to_rgb
 
 
 def _png_bytes(img: Image.Image) -> bytes:
@@ -104,7 +104,7 @@ def test_to_rgb_palette_with_transparency():
 
 def test_unreadable_file_reports_permission_denied_even_as_root(corpus, monkeypatch):
     """Root reads any file, so the denial is simulated where the file is opened."""
-    import fade_cli.io as io_mod
+    import fade_cli.data.io as io_mod
 
     d, _ = corpus
     real_open = io_mod.Image.open

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fade_cli.errors import MemoryBankError
-from fade_cli.memory import MemoryBank, knn_distance, sample_reference_indices, self_knn_distance
+from fade_cli.methods.memory import MemoryBank, knn_distance, sample_reference_indices, self_knn_distance
 
 from reference import kth_nn_distance, l2n
 

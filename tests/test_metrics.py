@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fade_cli.metrics import (
+from fade_cli.evaluation.metrics import (
     ClassMetrics,
     aupr,
     average_precision,

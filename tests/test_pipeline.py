@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fade_cli.backbone import preprocess_batch
-from fade_cli.config import FadeConfig
+from fade_cli.model.backbone import preprocess_batch
+from fade_cli.methods.fade import FadeConfig
 from fade_cli.errors import MemoryBankError
-from fade_cli.pipeline import FadePipeline, build_reference_bank
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.methods.fade import FadePipeline
+from fade_cli.methods.base import build_reference_bank
+from fade_cli.prompts.text import TextEncoderCache
 
 from conftest import random_image
 from reference import bilinear_resize, gem_tokens, kth_nn_distance, language_prob

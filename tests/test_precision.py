@@ -17,11 +17,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fade_cli.alfa import AlfaConfig, AlfaPipeline
-from fade_cli.config import FadeConfig
-from fade_cli.filo import resolve_switches
-from fade_cli.pipeline import FadePipeline, build_reference_bank
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline
+from fade_cli.methods.fade import FadeConfig
+from fade_cli.methods.filo import resolve_switches
+from fade_cli.methods.fade import FadePipeline
+from fade_cli.methods.base import build_reference_bank
+from fade_cli.prompts.text import TextEncoderCache
 
 from conftest import random_image
 from helpers import ALFA, FAST, run

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fade_cli.errors import PromptBankError
-from fade_cli.prompts import load_bank, shipped_banks, validate_bank
+from fade_cli.prompts.banks import load_bank, shipped_banks, validate_bank
 
 GOOD = {"schema_version": 1, "name": "mine", "version": "1.2.3", "description": "d",
         "generation": {"method": "manual"}, "placeholders": ["class"],

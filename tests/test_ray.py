@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fade_cli.ray_engine import INSTALL_HINT, actor_resources
+from fade_cli.engines.ray import INSTALL_HINT, actor_resources
 
 from conftest import TINY_CONFIG, random_image
 from helpers import run as run_inprocess  # noqa: E402

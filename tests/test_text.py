@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from fade_cli.backbone import load_backbone
-from fade_cli.prompts import TextEncoderCache
+from fade_cli.model.backbone import load_backbone
+from fade_cli.prompts.text import TextEncoderCache
 
 from conftest import TINY
 

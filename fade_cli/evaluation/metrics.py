@@ -271,7 +271,7 @@ def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
     INTER_LINEAR; we keep float precision (fewer ties), so scores can differ in the last digit.
     (H, W) or (N, H, W).
     """
-    from .guidance import resize_map as resize_maps  # the one bilinear map resize of the project
+    from ..methods.guidance import resize_map as resize_maps  # the one bilinear map resize of the project
 
     arr = np.asarray(anomaly_map, dtype=np.float32)
     t, single = _to_nchw(arr, "anomaly map")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import gem
+from ..model import gem
 
 RIDGE = 0.1
 TEMPERATURE = 0.01

@@ -1,6 +1,6 @@
 """Scoring a batch of image files: the work `fade detect` / `fade segment` do per chunk of inputs.
 
-Kept apart from the command-line parsing so that every engine (the local loop in `cli.py`, a
+Kept apart from the command-line parsing so that every engine (the local loop of `fade_cli/cli/score.py`, a
 Ray actor) builds the same pipeline from the same `ScorerSpec` and turns a chunk of paths into
 the same rows and files with `score_chunk`.
 """
@@ -14,9 +14,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .config import FadeConfig
-from .errors import ImageError, UsageError
-from .io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, read_ahead, save_npy, save_png
+from ..data.io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, read_ahead, save_npy, save_png
+from ..errors import ImageError, UsageError
+from ..methods.fade import FadeConfig
 
 METHODS = ("fade", "alfa", "filo")
 
@@ -61,7 +61,7 @@ class Outcome:
 
 
 def load_spec_backbone(spec: ScorerSpec):
-    from .backbone import load_backbone
+    from ..model.backbone import load_backbone
 
     if spec.model_config is not None:
         import open_clip
@@ -75,10 +75,10 @@ def build_pipeline(spec: ScorerSpec, backbone, reference_bank=None, text_cache=N
     if spec.method not in METHODS:
         raise UsageError(f"--method {spec.method}: expected one of {', '.join(METHODS)}")
     if spec.method == "alfa":
-        from .alfa import AlfaConfig, AlfaPipeline
+        from ..methods.alfa import AlfaConfig, AlfaPipeline
 
         return AlfaPipeline.from_config(backbone, spec.alfa or AlfaConfig(), spec.class_name, reference_bank, text_cache)
-    from .pipeline import FadePipeline
+    from ..methods.fade import FadePipeline
 
     return FadePipeline.from_config(backbone, spec.config, spec.class_name, reference_bank, text_cache)
 
@@ -153,7 +153,7 @@ def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: 
     """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG)."""
     from PIL import Image
 
-    from .guidance import resize_map
+    from ..methods.guidance import resize_map
 
     w, h = image.size
     full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)

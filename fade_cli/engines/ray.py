@@ -33,8 +33,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import FadeError, UsageError
-from .prompts import TextEncoderCache, default_cache_dir
+from ..errors import FadeError, UsageError
+from ..prompts.text import TextEncoderCache, default_cache_dir
 from .runner import Outcome, OutputSpec, ScorerSpec
 
 INSTALL_HINT = '--engine ray needs Ray Data, which is not installed: pip install "fade-cli[ray]"'
@@ -85,8 +85,8 @@ class MemoTextCache(TextEncoderCache):
 
 def _read_chunk(row: dict, max_pixels: int) -> dict:
     """Ray Data CPU task: decode one chunk's images with the local engine's checks (`io.load_image`)."""
-    from .errors import ImageError
-    from .io import load_image
+    from ..errors import ImageError
+    from ..data.io import load_image
 
     pixels, heights, widths, errors = [], [], [], []
     for abs_path in row["abs"]:

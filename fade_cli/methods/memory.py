@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MemoryBankError
+from ..errors import MemoryBankError
 
 BANK_FORMAT = 1
 

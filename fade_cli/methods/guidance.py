@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .prompts import TextClassifier
+from ..prompts.text import TextClassifier
 
 TEMPERATURE = 0.01
 

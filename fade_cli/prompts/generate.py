@@ -32,8 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FadeError
-from .prompts import SCHEMA_VERSION, validate_bank
+from ..errors import FadeError
+from .banks import SCHEMA_VERSION, validate_bank
 
 MIN_PER_STATE = 10  # fewer usable prompts than this for a state is an error
 MAX_ITEM_CHARS = 300  # longer items are dropped

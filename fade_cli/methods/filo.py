@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import PromptBankError
+from ..errors import PromptBankError
+from ..prompts.banks import load_bank
+from ..prompts.text import TextClassifier, TextEncoderCache
 from .guidance import fuse_scales, language_score, to_grid
-from .prompts import TextClassifier, TextEncoderCache, load_bank
 
 # FiLo's nine regions, in the official code's order and words ("... at top left.")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")

@@ -17,13 +17,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .backbone import Backbone
-from .datasets import ClassSplit, DatasetError, load_mask, sample_references
-from .errors import ImageError
-from .io import load_image, overlay, read_ahead, save_npy, save_png
-from .memory import MemoryBank
+from ..data.datasets import ClassSplit, DatasetError, load_mask, sample_references
+from ..data.io import load_image, overlay, read_ahead, save_npy, save_png
+from ..errors import ImageError
+from ..methods.base import build_reference_bank
+from ..methods.memory import MemoryBank
+from ..model.backbone import Backbone
 from .metrics import evaluate, resize_map, resize_mask
-from .pipeline import build_reference_bank
 
 METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro")
 

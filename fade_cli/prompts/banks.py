@@ -1,8 +1,4 @@
-"""Prompts: versioned prompt banks, their validation, composition, and cached text embeddings.
-
-FADE (sec. 3.1-3.2) scores an embedding f against the *mean* text embedding of the normal
-prompts (h−) and of the anomalous prompts (h+), each prompt embedded as
-"a photo of a {prompt}." and L2-normalised, the means not re-normalised.
+"""Prompt banks: versioned JSON files of normal / anomalous prompts, their validation and composition.
 
 Banks are JSON (docs/prompt-banks.md has the schema). Files in the official FADE repository's
 format (`{"normal": {"prompts": [...]}, "abnormal": {"prompts": [...]}}` with `{classname}`)
@@ -13,22 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from .errors import PromptBankError
+from ..errors import PromptBankError
 
 SCHEMA_VERSION = 1
 STATES = ("normal", "anomalous")
 PLACEHOLDERS = ("class", "domain", "details", "pos")
-DEFAULT_FRAME = "a photo of a {prompt}."  # the official GEM wrapper's text frame
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -218,85 +210,3 @@ def load_bank(name_or_path: str) -> PromptBank:
         raise PromptBankError(f"{path}: {errs[0]}{more}")
     return PromptBank(name=data["name"], version=data["version"], sha256=hashlib.sha256(raw).hexdigest(),
                       data=data, source=name_or_path)
-
-
-def default_cache_dir() -> Path:
-    """$FADE_CACHE_DIR, else $XDG_CACHE_HOME/fade, else ~/.cache/fade."""
-    if os.environ.get("FADE_CACHE_DIR"):
-        return Path(os.environ["FADE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fade"
-
-
-class TextEncoderCache:
-    """Text embeddings on disk, keyed by model, weights fingerprint, precision, text frame and the texts.
-
-    One `.npy` file per distinct (model, weights, precision, frame, texts) set, written atomically; read
-    with allow_pickle=False. A changed prompt, bank, frame or model gives a different key, so
-    stale embeddings are never reused.
-    """
-
-    def __init__(self, backbone, cache_dir: Path | None = None, frame: str = DEFAULT_FRAME, enabled: bool = True):
-        self.backbone = backbone
-        self.frame = frame
-        self.dir = (cache_dir or default_cache_dir()) / "text"
-        self.enabled = enabled
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, texts: list[str]) -> str:
-        # the precision too: bf16 embeddings differ from fp32 ones by ~5e-3, and must not stand in for them
-        blob = json.dumps([self.backbone.model_name, self.backbone.weights_id, str(self.backbone.dtype), self.frame, texts],
-                          ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """(T, D) L2-normalised embeddings of the framed texts."""
-        path = self.dir / f"{self.key(texts)}.npy"
-        if self.enabled and path.is_file():
-            try:
-                arr = np.load(path, allow_pickle=False)
-                if arr.shape == (len(texts), self.backbone.embed_dim):
-                    self.hits += 1
-                    return torch.from_numpy(arr)
-            except (OSError, ValueError):
-                pass  # a damaged cache file is recomputed and replaced
-        self.misses += 1
-        emb = self.backbone.encode_texts([self.frame.replace("{prompt}", t) for t in texts])
-        if self.enabled:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, emb.numpy())
-                os.replace(tmp, path)
-            except OSError:
-                pass  # a read-only cache is not an error: we just recompute next time
-        return emb
-
-
-@dataclass
-class TextClassifier:
-    """Mean normal / anomalous text embeddings (h−, h+) of a prompt set."""
-
-    h_normal: torch.Tensor  # (D,)
-    h_anomalous: torch.Tensor  # (D,)
-    counts: tuple[int, int]
-    banks: tuple[str, ...]
-
-
-def build_text_classifier(banks: list[PromptBank], class_name: str, encoder: TextEncoderCache) -> TextClassifier:
-    """h− and h+ over the union of the banks' prompts for this class (FADE eq. 1)."""
-    # a {pos} placeholder (FiLo banks) is dropped here: positions are filled only by fade_cli/filo.py
-    normal = [t for b in banks for t in b.texts("normal", class_name, pos="")]
-    anomalous = [t for b in banks for t in b.texts("anomalous", class_name, pos="")]
-    if not normal or not anomalous:
-        names = ", ".join(b.label for b in banks)
-        raise PromptBankError(f"banks {names} give no {'normal' if not normal else 'anomalous'} prompts for class '{class_name}'")
-    emb = encoder.encode(normal + anomalous)
-    return TextClassifier(
-        h_normal=emb[: len(normal)].mean(dim=0),
-        h_anomalous=emb[len(normal):].mean(dim=0),
-        counts=(len(normal), len(anomalous)),
-        banks=tuple(b.label for b in banks),
-    )

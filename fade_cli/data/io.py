@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, UsageError
+from ..errors import ImageError, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")

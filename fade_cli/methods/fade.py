@@ -9,89 +9,98 @@ Per image (FADE sec. 3, official defaults):
   map   = clip((1 − w)·language + w·m·vision, 0, 1)
   score = language AC (0-shot), or clip(½(language AC + max(m·vision)), 0, 1) (k-shot).
 
-FiLo / FiLo++ training-free parts (fade_cli/filo.py) are switches in FadeConfig; with all
+FiLo / FiLo++ training-free parts (fade_cli/methods/filo.py) are switches in FadeConfig; with all
 off (the default) this is FADE, bit for bit.
+
+Settings (FadeConfig) are data; the defaults reproduce the official FADE settings.
+Zero-shot (no references): vision guidance from the query's own GEM patches (2nd nearest
+neighbour), multiplier 80, weight 0.5 — the official README's zero-shot settings.
+Few-shot (reference images or a saved bank): CLIP patches of the references (nearest
+neighbour), multiplier 3.5, weight 0.85 — the official run script's defaults with the README's
+few-shot feature choice. Every value is overridable; `resolved` fills the preset.
 
 The pipeline does no file I/O: it takes PIL images and returns tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable, Sequence
 
-import torch
 from PIL import Image
 
-from . import __version__
-from .backbone import Backbone, ImageEmbeddings, preprocess_batch, preprocess_scales
-from .config import FadeConfig
-from .errors import UsageError
+from ..errors import UsageError
+from ..model.backbone import Backbone, ImageEmbeddings, preprocess_scales
+from ..prompts.banks import PromptBank, load_bank
+from ..prompts.text import TextClassifier, TextEncoderCache, build_text_classifier
+from .base import Result, bank_for_scoring, to_results
 from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank, self_knn_distance
-from .prompts import PromptBank, TextClassifier, TextEncoderCache, build_text_classifier, load_bank
+
+MODES = ("language", "vision", "both")
+FEATURES = ("clip", "gem")
+
+ZERO_SHOT = {"vision_multiplier": 80.0, "vision_weight": 0.5, "vision_feature": "gem"}
+FEW_SHOT = {"vision_multiplier": 3.5, "vision_weight": 0.85, "vision_feature": "clip"}
 
 
-@dataclass
-class Result:
-    """One image's outcome. `map` is the fused patch-grid map (G×G, values in [0, 1])."""
+@dataclass(frozen=True)
+class FadeConfig:
+    cls_scale: int = 240
+    seg_scales: tuple[int, ...] = (240, 448, 896)
+    cls_prompts: tuple[str, ...] = ("winclip",)
+    seg_prompts: tuple[str, ...] = ("winclip", "fade-llm")
+    seg_class_name: str = "object"  # FADE's segmentation prompts are object-agnostic
+    classification: str = "both"  # language | vision | both ("both" = language alone in 0-shot)
+    segmentation: str = "both"
+    seg_feature: str = "gem"
+    vision_feature: str | None = None  # None: preset (gem 0-shot, clip few-shot)
+    vision_multiplier: float | None = None
+    vision_weight: float | None = None
+    gem_iterations: int = 1
+    text_frame: str = "a photo of a {prompt}."
+    # FiLo / FiLo++ training-free switches (fade_cli/methods/filo.py); these defaults are plain FADE.
+    positions: bool = False  # second language pass with position-enhanced prompts
+    position_prompts: tuple[str, ...] = ("filo",)  # banks whose {pos} prompts that pass uses
+    object_prior: float | None = None  # λ: maps outside the estimated object multiplied by it
+    multi_shape: bool = False  # patch features averaged over fixed kernels before text matching
+    smooth_sigma: float = 0.0  # Gaussian σ in pixels of a smooth_size × smooth_size map; 0 = off
+    smooth_size: int = 448  # the evaluation resolution σ is measured at
+    fg_matching: bool = False  # few-shot vision scores count only inside the estimated object
 
-    score: float
-    map: torch.Tensor | None
-    language_score: float | None = None
-    vision_score: float | None = None
-    extras: dict = field(default_factory=dict)
+    def resolved(self, few_shot: bool) -> "FadeConfig":
+        preset = FEW_SHOT if few_shot else ZERO_SHOT
+        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
+    def check(self) -> list[str]:
+        """Problems with the settings, as one-line messages."""
+        errs = []
+        if self.classification not in MODES or self.segmentation not in MODES:
+            errs.append(f"modes must be one of {', '.join(MODES)}")
+        for name in ("seg_feature", "vision_feature"):
+            value = getattr(self, name)
+            if value is not None and value not in FEATURES:
+                errs.append(f"{name} must be clip or gem, not {value!r}")
+        if not self.seg_scales:
+            errs.append("at least one segmentation scale is needed")
+        if self.vision_weight is not None and not 0.0 <= self.vision_weight <= 1.0:
+            errs.append(f"vision weight must be in [0, 1], not {self.vision_weight}")
+        if self.gem_iterations < 0:
+            errs.append("GEM iterations must be >= 0")
+        if self.object_prior is not None and not 0.0 <= self.object_prior <= 1.0:
+            errs.append(f"object prior λ must be in [0, 1], not {self.object_prior}")
+        if self.smooth_sigma < 0 or self.smooth_size < 1:
+            errs.append(f"smoothing σ must be >= 0 (0 = off), not {self.smooth_sigma}")
+        if self.positions and self.segmentation == "vision":
+            errs.append("position-enhanced prompts refine the language map: they need segmentation mode language or both")
+        if self.positions and not self.position_prompts:
+            errs.append("position-enhanced prompts need at least one prompt bank")
+        return errs
 
-PerImage = dict[str, tuple[torch.Tensor, Callable]]  # extras name -> (batch tensor (B, ...), format one row)
+    def as_dict(self) -> dict:
+        return asdict(self)
 
-
-def to_results(score: torch.Tensor, maps: torch.Tensor, language: torch.Tensor | None = None,
-               vision: torch.Tensor | None = None, per_image: PerImage | None = None) -> list[Result]:
-    """Per-image Results from a batch's tensors: score (B,), maps (B, G, G), optional language and
-    vision scores (B,), and `per_image` extras, each a batch tensor with the function that turns
-    one image's row (a Python number or list) into its `extras` value. Every tensor is copied to
-    the host once per batch: on a GPU one synchronisation per tensor, not per image and value."""
-    score, maps = score.float().cpu(), maps.float().cpu()
-    language = language.float().cpu().tolist() if language is not None else None
-    vision = vision.float().cpu().tolist() if vision is not None else None
-    rows = {name: (values.cpu().tolist(), fmt) for name, (values, fmt) in (per_image or {}).items()}
-    return [
-        Result(
-            score=float(score[i]),
-            map=maps[i],
-            language_score=language[i] if language is not None else None,
-            vision_score=vision[i] if vision is not None else None,
-            extras={name: fmt(values[i]) for name, (values, fmt) in rows.items()},
-        )
-        for i in range(score.shape[0])
-    ]
-
-
-def build_reference_bank(
-    backbone: Backbone, images: Sequence[Image.Image], scales: Sequence[int], feature: str, meta: dict | None = None
-) -> MemoryBank:
-    """Patch embeddings of good reference images at each scale (FADE Fig. 2d)."""
-    if not images:
-        raise UsageError("no reference images")
-    patches: dict[int, torch.Tensor] = {}
-    for scale in sorted(set(scales)):
-        chunks = []
-        for img in images:  # one at a time: memory stays flat in the number of references
-            emb = backbone.encode_images(
-                preprocess_batch([img], scale, backbone.device), want_cls=False, want_clip=feature == "clip", want_gem=feature == "gem"
-            )
-            chunks.append((emb.clip if feature == "clip" else emb.gem)[0])
-        patches[scale] = torch.cat(chunks)
-    info = {
-        "model": backbone.model_name,
-        "weights_id": backbone.weights_id,
-        "feature": feature,
-        "n_images": len(images),
-        "fade_version": __version__,
-    }
-    return MemoryBank(patches=patches, meta={**info, **(meta or {})})
 
 
 class FadePipeline:
@@ -118,7 +127,7 @@ class FadePipeline:
         self.reference_bank = reference_bank
         if reference_bank is not None:
             reference_bank.check_compatible(backbone, *self.bank_layout)
-        # FiLo / FiLo++ training-free parts (fade_cli/filo.py); None = plain FADE
+        # FiLo / FiLo++ training-free parts (fade_cli/methods/filo.py); None = plain FADE
         self.filo_text = filo_text
         self.filo = None
         if any_switch(self.config):
@@ -229,7 +238,7 @@ class FadePipeline:
         vision = fuse_scales(vis_maps) * m if vis_maps else None
         language = fuse_scales(lang_maps) if lang_maps else None
         per_image = {}
-        if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/filo.py)
+        if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/methods/filo.py)
             language, vision, per_image = self.filo.refine(embeddings, language, vision, self.few_shot)
         if cfg.segmentation == "both":
             fused = (1.0 - w) * language + w * vision
@@ -250,17 +259,6 @@ class FadePipeline:
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score(self.embed(images))
-
-
-def bank_for_scoring(pipeline, reference_bank: MemoryBank | None) -> MemoryBank | None:
-    """The reference bank a `score` call uses: the one passed in (checked against the pipeline's
-    model, scales and feature) or the pipeline's own; few-shot scoring needs one."""
-    bank = reference_bank if reference_bank is not None else pipeline.reference_bank
-    if pipeline.few_shot and bank is None:
-        raise UsageError("few-shot scoring needs a reference bank")
-    if reference_bank is not None:
-        reference_bank.check_compatible(pipeline.backbone, *pipeline.bank_layout)
-    return bank
 
 
 def _banks(specs: Sequence[str]) -> list[PromptBank]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import FadeError
-from .memory import sample_reference_indices
+from ..errors import FadeError
+from ..methods.memory import sample_reference_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DATASETS = ("mvtec", "visa", "folder")

@@ -23,12 +23,13 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
+from ..errors import PromptBankError, UsageError
+from ..model.backbone import preprocess_batch
+from ..prompts.banks import load_bank
+from ..prompts.text import TextEncoderCache
 from . import aligner as fga
-from .backbone import preprocess_batch
-from .errors import PromptBankError, UsageError
+from .base import Result, bank_for_scoring, to_results
 from .memory import MemoryBank
-from .pipeline import Result, bank_for_scoring, to_results
-from .prompts import TextEncoderCache, load_bank
 from .rtp import FILTERS, adapted_text
 
 ALFA_FRAME = "{prompt}"  # ALFA prompts are whole sentences ("A ... image of a ... {class} with ...")

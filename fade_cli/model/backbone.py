@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import BackboneError, UsageError
 from . import gem
-from .errors import BackboneError, UsageError
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"

@@ -1,0 +1,325 @@
+"""`fade detect` and `fade segment`: parse the flags, build the method's pipeline, stream rows (local or Ray engine)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..data.io import DEFAULT_MAX_PIXELS, Manifest, common_base, expand_inputs, load_image
+from ..errors import ImageError, UsageError
+from ..methods.fade import FadeConfig
+from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .common import (
+    ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
+    Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
+    NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
+    QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
+    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, parse_scales, progress_bar, reference_paths,
+    resolve_model_name, split_list,
+)
+
+
+def _run(
+    *,
+    images: list[str],
+    class_name: str,
+    refs: list[str] | None,
+    bank: Path | None,
+    shots: int | None,
+    shots_seed: int,
+    model: str,
+    pretrained: str,
+    device: str,
+    precision: str,
+    scales: str,
+    cls_scale: int,
+    cls_prompts: list[str] | None,
+    seg_prompts: list[str] | None,
+    vision_multiplier: float | None,
+    vision_weight: float | None,
+    vision_feature: str | None,
+    segmentation_mode: str,
+    classification_mode: str,
+    threshold: float,
+    batch_size: int,
+    cache_dir: Path | None,
+    no_cache: bool,
+    max_pixels: int,
+    quiet: bool,
+    out: Path | None = None,
+    pixel_threshold: float = 0.5,
+    resume: bool = False,
+    manifest: Path | None = None,
+    method: str = "fade",
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
+    **method_options,
+) -> int:
+    from ..methods.base import build_reference_bank
+    from ..prompts.text import TextEncoderCache
+    from ..engines.runner import OutputSpec, build_pipeline, load_spec_backbone, score_paths
+
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine}: expected local or ray")
+    if engine == "ray":
+        from ..engines.ray import RecordingTextCache, require_ray
+
+        require_ray()  # before any work: without the extra, one line saying how to install it
+    elif ray_address is not None or actors is not None:
+        raise UsageError("--ray-address and --actors need --engine ray")
+    items = expand_inputs(images)
+    if not items:
+        raise UsageError("no input images given")
+    failures = Failures()
+    for item in items:
+        if item.error:
+            failures.report(item.path, item.error)
+    todo = [i.path for i in items if not i.error]
+    ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
+    if bank is not None and refs:
+        raise UsageError("give either --refs or --bank, not both")
+
+    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
+                        scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
+                        vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
+                        segmentation_mode=segmentation_mode, classification_mode=classification_mode, **method_options)
+
+    t0 = time.perf_counter()
+    backbone = load_spec_backbone(spec)
+    log(quiet, f"loaded {spec.model} ({pretrained}) on {backbone.device}")
+    # with --engine ray the driver's cache remembers the embeddings, for the actors (object store)
+    cache = (RecordingTextCache if engine == "ray" else TextEncoderCache)(
+        backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    reference_bank = None
+    if bank is not None:
+        from ..methods.memory import MemoryBank
+
+        reference_bank = MemoryBank.load(bank)
+        log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
+    if ref_paths:
+        scales_needed, feature = _bank_layout(spec)
+        log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, scales_needed))} px")
+        ref_images = []
+        for p in ref_paths:
+            try:
+                ref_images.append(load_image(p, max_pixels))
+            except ImageError as exc:
+                raise UsageError(f"reference {p}: {exc}") from None
+        reference_bank = build_reference_bank(backbone, ref_images, scales_needed, feature,
+                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+    pipeline = build_pipeline(spec, backbone, reference_bank, cache)
+    log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({pipeline.method_label}, "
+                f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
+                f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
+
+    output = OutputSpec(threshold=threshold, base=common_base(todo) if todo else Path.cwd(), out=out,
+                        pixel_threshold=pixel_threshold, max_pixels=max_pixels,
+                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0)
+    if manifest is None and out is not None:
+        manifest = out / "manifest.jsonl"
+    if resume and manifest is None:
+        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
+    record = None
+    finished: dict[str, dict] = {}
+    if manifest is not None:
+        settings = {"model": backbone.model_name, "weights": backbone.weights_id, "method": pipeline.method_label,
+                    "config": pipeline.config.as_dict(), "class": class_name, "banks": pipeline.banks,
+                    "threshold": threshold, "pixel_threshold": pixel_threshold if out is not None else None,
+                    "out": str(out) if out else None,
+                    "references": reference_bank.meta.get("images") if reference_bank else None}
+        record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        finished = record.finished() if resume else {}
+    already = {p for p in todo if str(p.absolute()) in finished}
+    if already:
+        log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
+    progress = progress_bar(len(todo), quiet)
+    task = progress.add_task("scoring", total=len(todo)) if progress else None
+    pending = [p for p in todo if p not in already]
+    if engine == "ray":  # same outcomes, same order, scored by Ray Data actors (fade_cli/engines/ray.py)
+        from ..engines.ray import run_ray
+
+        results = run_ray(spec, output, reference_bank, pending, batch_size=batch_size, actors=actors,
+                          address=ray_address, text_embeddings=cache.memo, log=lambda m: log(quiet, m), quiet=quiet)
+    else:
+        results = score_paths(pipeline, pending, spec, output, batch_size)
+    if progress:
+        progress.start()
+    try:
+        for p in todo:  # rows in input order, finished ones included
+            if p in already:
+                row = finished[str(p.absolute())]
+                print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+            else:
+                outcome = next(results)
+                assert outcome.path == p, (outcome.path, p)
+                if outcome.error is not None:
+                    failures.report(p, outcome.error)
+                else:
+                    if record is not None:
+                        record.append(outcome.row, p)
+                    print(json.dumps(outcome.row), flush=True)
+            if progress:
+                progress.update(task, advance=1)
+    finally:
+        results.close()  # --engine ray: stops the job and a Ray instance it started
+        if progress:
+            progress.stop()
+    ok = len(items) - failures.count
+    log(quiet, f"{ok} ok, {failures.count} failed")
+    return 1 if failures.count else 0
+
+
+def scorer_spec(method: str, class_name: str, model: str, pretrained: str, device: str, precision: str,
+                 cache_dir: Path | None, use_cache: bool, *, scales: str, cls_scale: int, cls_prompts, seg_prompts,
+                 vision_multiplier, vision_weight, vision_feature, segmentation_mode: str = "both",
+                 classification_mode: str = "both", positions=None, object_prior=None, multi_shape=None, smooth=None, fg_matching=None, smooth_size: int = 448, **method_options):
+    """Command-line options -> a validated ScorerSpec (method settings as data)."""
+    from ..engines.runner import METHODS, ScorerSpec
+
+    if method not in METHODS:
+        raise UsageError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    defaults = FadeConfig()
+    config = FadeConfig(
+        cls_scale=cls_scale,
+        seg_scales=parse_scales(scales),
+        cls_prompts=split_list(cls_prompts) or defaults.cls_prompts,
+        seg_prompts=split_list(seg_prompts) or defaults.seg_prompts,
+        classification=classification_mode,
+        segmentation=segmentation_mode,
+        vision_feature=vision_feature,
+        vision_multiplier=vision_multiplier,
+        vision_weight=vision_weight,
+    )
+    filo_flags = (positions, object_prior, multi_shape, smooth, fg_matching)
+    if method == "alfa" and any(f is not None for f in filo_flags):
+        raise UsageError("the FiLo switches (--positions, --object-prior, --multi-shape, --smooth, --fg-matching) "
+                         "apply to --method fade or filo, not alfa")
+    from ..methods.filo import resolve_switches
+
+    config = replace(config, smooth_size=smooth_size, **resolve_switches(method, *filo_flags))
+    problems = config.check()
+    if problems:
+        raise UsageError(problems[0])
+    alfa = None
+    if method == "alfa":
+        from ..methods.alfa import alfa_config_from_options
+
+        alfa = alfa_config_from_options(cls_prompts=split_list(cls_prompts), image_size=cls_scale, **method_options)
+    model_config = Path(model).absolute() if model.endswith(".json") else None
+    return ScorerSpec(method=method, class_name=class_name, config=config, model=resolve_model_name(model),
+                      pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir,
+                      use_cache=use_cache, model_config=model_config, alfa=alfa)
+
+
+def _bank_layout(spec) -> tuple[tuple[int, ...], str]:
+    """Scales and patch feature a reference bank needs for this method (few-shot)."""
+    if spec.method == "alfa":
+        from ..methods.alfa import AlfaConfig
+
+        cfg = spec.alfa or AlfaConfig()
+        return (cfg.image_size,), cfg.vision_feature
+    few = spec.config.resolved(few_shot=True)
+    return few.seg_scales, few.vision_feature
+
+
+def detect(
+    images: ImagesArg,
+    class_name: ClassOpt = "object",
+    refs: RefsOpt = None,
+    bank: BankOpt = None,
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    threshold: ThresholdOpt = 0.5,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    resume: ResumeOpt = False,
+    manifest: ManifestOpt = None,
+    quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+) -> None:
+    """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
+    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+
+
+def segment(
+    images: ImagesArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored under it.")],
+    class_name: ClassOpt = "object",
+    refs: RefsOpt = None,
+    bank: BankOpt = None,
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    threshold: ThresholdOpt = 0.5,
+    pixel_threshold: Annotated[float, typer.Option("--pixel-threshold", help="Map value at or above which a pixel is in the binary mask.")] = 0.5,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    resume: ResumeOpt = False,
+    manifest: ManifestOpt = None,
+    quiet: QuietOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+) -> None:
+    """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
+    NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
+    (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
+    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))

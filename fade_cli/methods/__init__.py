@@ -1,0 +1,1 @@
+"""Anomaly-detection methods (FADE, FiLo, ALFA) and the parts they are built from."""
