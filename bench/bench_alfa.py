@@ -24,8 +24,8 @@ from bench_fade import append_results, images, peak_rss_mb, vit_flops  # noqa: E
 
 from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
 from fade_cli.model.backbone import load_backbone  # noqa: E402
-from fade_cli.methods.fade import build_reference_bank  # noqa: E402
-from fade_cli.prompts.banks import TextEncoderCache  # noqa: E402
+from fade_cli.methods.base import build_reference_bank  # noqa: E402
+from fade_cli.prompts.text import TextEncoderCache  # noqa: E402
 
 
 def alfa_flops(width: int, layers: int, grid: int, windows: tuple[int, ...]) -> float:

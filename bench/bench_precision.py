@@ -43,9 +43,8 @@ from bench_fade import append_results, images, peak_rss_mb, vit_flops  # noqa: E
 
 from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline  # noqa: E402
 from fade_cli.model.backbone import load_backbone  # noqa: E402
-from fade_cli.methods.fade import FadeConfig  # noqa: E402
-from fade_cli.methods.fade import FadePipeline  # noqa: E402
-from fade_cli.prompts.banks import TextEncoderCache  # noqa: E402
+from fade_cli.methods.fade import FadeConfig, FadePipeline  # noqa: E402
+from fade_cli.prompts.text import TextEncoderCache  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

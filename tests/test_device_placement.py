@@ -36,7 +36,7 @@ from fade_cli.prompts.text import TextEncoderCache
 
 FADE = FadeConfig(cls_scale=32, seg_scales=(32, 64), seg_prompts=("winclip",))
 ALFA = AlfaConfig(image_size=64, windows=(2, 3))
-FILO = dataclasses.replace(FADE, **resolve_switches("filo", positions=True))  # every FiLo part on
+FILO = dataclasses.replace(FADE, **resolve_switches(True, positions=True))  # every FiLo part on
 
 
 def make(method: str, backbone, cache: TextEncoderCache, bank: str, refs: list, saved: Path):

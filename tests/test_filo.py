@@ -180,7 +180,7 @@ class CountingEncoder:
             self.table[text] = unit(torch.randn(self.d, generator=gen))
         return self.table[text]
 
-    def encode(self, texts):
+    def encode(self, texts, frame="{prompt}"):
         self.calls.append(list(texts))
         return torch.stack([self.vec(t) for t in texts])
 
@@ -383,14 +383,14 @@ def test_pipeline_multi_shape_and_smoothing(tiny_backbone, tmp_path):
 
 def test_switches_from_options():
     off = {"positions": False, "object_prior": None, "multi_shape": False, "smooth_sigma": 0.0, "fg_matching": False}
-    assert resolve_switches("fade") == off
-    assert resolve_switches("filo") == {**FILO_PRESET, "smooth_sigma": float(FILO_PRESET["smooth_sigma"])}
-    assert resolve_switches("fade", object_prior=0.5)["object_prior"] == 0.5
-    assert resolve_switches("filo", object_prior=0.2)["object_prior"] == 0.2
-    assert resolve_switches("filo", object_prior=1.0)["object_prior"] is None  # λ = 1 is off
-    assert resolve_switches("filo", positions=False, smooth=0.0)["positions"] is False
-    assert resolve_switches("filo", smooth=0.0)["smooth_sigma"] == 0.0
-    assert method_label(replace(FadeConfig(), **resolve_switches("filo"))) == \
+    assert resolve_switches(False) == off
+    assert resolve_switches(True) == {**FILO_PRESET, "smooth_sigma": float(FILO_PRESET["smooth_sigma"])}
+    assert resolve_switches(False, object_prior=0.5)["object_prior"] == 0.5
+    assert resolve_switches(True, object_prior=0.2)["object_prior"] == 0.2
+    assert resolve_switches(True, object_prior=1.0)["object_prior"] is None  # λ = 1 is off
+    assert resolve_switches(True, positions=False, smooth=0.0)["positions"] is False
+    assert resolve_switches(True, smooth=0.0)["smooth_sigma"] == 0.0
+    assert method_label(replace(FadeConfig(), **resolve_switches(True))) == \
         "filo[object-prior=0.7,multi-shape,smooth=4,fg-matching]"
 
 
@@ -465,9 +465,9 @@ def test_fg_matching_changes_few_shot_scores(capsys, monkeypatch, image_dir, tmp
 
 
 def test_filo_switches_are_refused_with_alfa(capsys, monkeypatch, image_dir, tmp_path):
-    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--method", "alfa", "--positions", *FAST,
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--method", "alfa", "--positions", *FAST[:6],
                           cache=tmp_path)
-    assert code == 2 and "apply to --method fade or filo" in stderr
+    assert code == 2 and "fade: error: --positions does not apply to --method alfa" in stderr
 
 
 def test_prompt_sets_outside_the_position_pass_drop_the_placeholder():

@@ -68,7 +68,7 @@ def mixed_inputs(tmp_path: Path) -> list[Path]:
 
 @pytest.mark.parametrize("batch_size", [1, 3, 20])
 def test_read_ahead_gives_the_outcomes_of_one_chunk_at_a_time(tiny_backbone, mixed_inputs, batch_size, monkeypatch):
-    spec = ScorerSpec(method="fade", class_name="object", config=FadeConfig(seg_scales=(64,), cls_scale=64),
+    spec = ScorerSpec(method="fade", class_name="object", options=FadeConfig(seg_scales=(64,), cls_scale=64),
                       model="fade-tiny", pretrained="none")
     output = OutputSpec(threshold=0.5, base=mixed_inputs[0].parent)
     pipeline = build_pipeline(spec, tiny_backbone)
@@ -94,7 +94,7 @@ def test_read_ahead_gives_the_outcomes_of_one_chunk_at_a_time(tiny_backbone, mix
 
 
 def test_stopping_early_leaves_no_reader_threads(tiny_backbone, mixed_inputs):
-    spec = ScorerSpec(method="fade", class_name="object", config=FadeConfig(seg_scales=(64,), cls_scale=64),
+    spec = ScorerSpec(method="fade", class_name="object", options=FadeConfig(seg_scales=(64,), cls_scale=64),
                       model="fade-tiny", pretrained="none")
     pipeline = build_pipeline(spec, tiny_backbone)
     results = score_paths(pipeline, mixed_inputs, spec, OutputSpec(threshold=0.5, base=mixed_inputs[0].parent), 2)

@@ -70,7 +70,7 @@ def pipeline(backbone, case: str, cache_dir):
         return AlfaPipeline.from_config(backbone, AlfaConfig(), "bottle", None, cache)
     config = FadeConfig(**SMALL)
     if method == "filo":
-        config = dataclasses.replace(config, **resolve_switches("filo"))  # the `--method filo` preset
+        config = dataclasses.replace(config, **resolve_switches(True))  # the `--method filo` preset
     bank = None
     if shots == "1shot":
         few = config.resolved(few_shot=True)
@@ -135,7 +135,7 @@ def test_cli_refuses_fp16_on_cpu(capsys, monkeypatch, tmp_path, command):
     args = {
         "detect": ["detect", str(image), *FAST],
         "segment": ["segment", str(image), "--out", str(tmp_path / "out"), *FAST],
-        "detect-alfa": ["detect", str(image), "--method", "alfa", *FAST],
+        "detect-alfa": ["detect", str(image), *ALFA],
         "bank-build": ["bank", "build", str(image), "-o", str(tmp_path / "b.fadebank"), *FAST[:6], "--scales", "32,64"],
     }[command]
     code, stdout, stderr = run(capsys, monkeypatch, *args, "--precision", "fp16", cache=tmp_path / "cache")

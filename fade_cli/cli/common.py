@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..data.io import InputItem, atomic_write, expand_inputs
 from ..errors import UsageError
+from ..methods import method_help
+from ..methods.base import parse_scales, split_list  # noqa: F401 - the commands' parsing helpers
 
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -28,20 +29,6 @@ class Failures:
     def report(self, path: Path | str, reason: str) -> None:
         self.count += 1
         print(f"fade: {path}: {reason}", file=sys.stderr, flush=True)
-
-
-def split_list(values: list[str] | None) -> tuple[str, ...]:
-    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
-
-
-def parse_scales(text: str) -> tuple[int, ...]:
-    try:
-        scales = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UsageError(f"--scales {text!r}: expected comma-separated integers like 240,448,896") from None
-    if not scales:
-        raise UsageError("--scales: at least one scale is needed")
-    return scales
 
 
 # ---- shared options -------------------------------------------------------------------------
@@ -77,7 +64,7 @@ EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) o
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: 'auto' or HOST:PORT joins a running cluster (ray start --head). Default: the cluster `ray start` runs on this machine ($RAY_ADDRESS), else a new local Ray for this run.", show_default=False)]
 ActorsOpt = Annotated[Optional[int], typer.Option("--actors", min=1, help="--engine ray: model replicas (each loads the model once). Default: one per GPU, else one per node.", show_default=False)]
 # method options
-MethodOpt = Annotated[str, typer.Option("--method", help="fade (default), alfa (run-time prompt adaptation + fine-grained aligner) or filo (FADE with the training-free FiLo parts).")]
+MethodOpt = Annotated[str, typer.Option("--method", help=f"{method_help()}. A flag of another method is refused (exit 2).")]
 WindowsOpt = Annotated[str, typer.Option("--windows", help="alfa: aligner window sizes r in patches, comma-separated (paper: 2,3; 2,3,4 is slower).")]
 NoAlignerOpt = Annotated[bool, typer.Option("--no-aligner", help="alfa ablation: local maps against the global prompt embeddings (no global-to-local projection).")]
 NoRtpOpt = Annotated[bool, typer.Option("--no-rtp", help="alfa ablation: keep every prompt (same as --prompt-filter none).")]
@@ -87,7 +74,7 @@ ObjectPriorOpt = Annotated[Optional[float], typer.Option("--object-prior", min=0
 MultiShapeOpt = Annotated[Optional[bool], typer.Option("--multi-shape/--no-multi-shape", help="FiLo: average patch features over 1x1, 3x3, 5x5, 7x7, 1x5, 5x1 neighbourhoods before text matching; the six language maps are averaged. Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
 SmoothOpt = Annotated[Optional[float], typer.Option("--smooth", min=0.0, metavar="SIGMA", help="FiLo: Gaussian smoothing of the final map, σ in pixels of the 448 px evaluation map (eval: of --eval-size); 0 = off. Default: 4 with --method filo, else 0.", show_default=False, rich_help_panel=FILO_PANEL)]
 FgMatchingOpt = Annotated[Optional[bool], typer.Option("--fg-matching/--no-fg-matching", help="FiLo++: few-shot vision scores count only inside the estimated object (no effect zero-shot). Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
-PromptFilterOpt = Annotated[str, typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0), filo (FiLo++ overlap interval) or none.")]
+PromptFilterOpt = Annotated[Optional[str], typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0, the default), filo (FiLo++ overlap interval) or none.", show_default=False)]
 
 
 def progress_bar(total: int, quiet: bool) -> Progress | None:
@@ -149,3 +136,41 @@ def reference_paths(refs: list[str], shots: int | None, seed: int, images: list[
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
         paths = [paths[i] for i in sample_reference_indices(len(paths), shots, seed)]
     return paths
+
+
+def _flag_spelling(ctx, param) -> str:
+    """The flag as the user typed it: '--no-positions' for the off side of a --x/--no-x pair."""
+    secondary = getattr(param, "secondary_opts", None) or []
+    if secondary and ctx.params.get(param.name) is False:
+        return secondary[0]
+    return max(param.opts, key=len)
+
+
+def refuse_inapplicable_flags(ctx, method) -> None:
+    """UsageError (exit 2) for a flag given on the command line that some method reads but `method` does not."""
+    from ..methods import method_flags
+
+    foreign = method_flags() - method.flags
+    for param in ctx.command.params:
+        if param.name in foreign and _given(ctx, param.name):
+            raise UsageError(f"{_flag_spelling(ctx, param)} does not apply to --method {method.name}")
+
+
+def _given(ctx, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def scorer_spec(ctx, method_name: str, class_name: str, model: str, pretrained: str, device: str, precision: str,
+                values: dict, map_size: int = 448):
+    """The command line -> a validated ScorerSpec: the method from the registry, its options built
+    once from the flags it declares (`values`: every method flag's value, defaults included)."""
+    from ..engines.runner import ScorerSpec
+    from ..methods import get_method
+
+    method = get_method(method_name)
+    refuse_inapplicable_flags(ctx, method)
+    options = method.options({k: v for k, v in values.items() if k in method.flags}, map_size)
+    model_config = Path(model).absolute() if model.endswith(".json") else None
+    return ScorerSpec(method=method.name, class_name=class_name, options=options, model=resolve_model_name(model),
+                      pretrained=pretrained, device=device, precision=precision, model_config=model_config)

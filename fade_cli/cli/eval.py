@@ -13,21 +13,22 @@ import typer
 
 from .. import __version__
 from ..errors import UsageError
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt, MultOpt,
     MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
     PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log,
-    progress_bar, save_bytes, split_list,
+    progress_bar, save_bytes, scorer_spec, split_list,
 )
-from .score import scorer_spec
 
 
 def eval_command(
+    ctx: typer.Context,
     root: Annotated[Path, typer.Argument(help="Dataset root (MVTec-AD, VisA, or a folder with good/ bad/ [masks/] [train/]).")],
     dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")] = "mvtec",
     classes: Annotated[Optional[list[str]], typer.Option("--classes", help="Classes to evaluate, comma-separated or repeated. Default: all found.", show_default=False)] = None,
-    method: MethodOpt = "fade",
+    method: MethodOpt = DEFAULT_METHOD,
     shots: Annotated[str, typer.Option("--shots", help="Shot counts, comma-separated; 0 = zero-shot.")] = "0",
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 that choose the few-shot references.")] = 5,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, results.csv, per_image.csv and per-class checkpoints.")] = Path("fade-eval"),
@@ -50,7 +51,7 @@ def eval_command(
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = "alfa",
+    prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
@@ -62,6 +63,7 @@ def eval_command(
 ) -> None:
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
+    method_values = dict(locals())
     from ..data.datasets import DATASETS, list_classes, read_split
     from ..evaluation.benchmark import evaluate_class, markdown_table, runs_for, summarize
     from ..prompts.text import TextEncoderCache
@@ -80,14 +82,10 @@ def eval_command(
     unknown = [c for c in wanted if c not in available]
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} under {root} (found: {', '.join(available)})")
-    spec = scorer_spec(method, "object", model, pretrained, device, precision, cache_dir, True, scales=scales,
-                        cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
-                        vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
-                        windows=windows, no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter,
-                        positions=positions, object_prior=object_prior, multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching, smooth_size=eval_size)
+    spec = scorer_spec(ctx, method, "object", model, pretrained, device, precision, method_values, map_size=eval_size)
     runs = runs_for(shot_list, seeds)
     backbone = load_spec_backbone(spec)
-    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame)
+    cache = TextEncoderCache(backbone, cache_dir)
     built: dict = {}  # the first class's pipeline, built early for the settings record, is used once more
 
     def make_pipeline(name: str):

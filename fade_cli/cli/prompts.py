@@ -13,8 +13,13 @@ import typer
 from rich.console import Console
 
 from ..errors import UsageError
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .common import CacheOpt, ClassOpt, DeviceOpt, ModelOpt, PretrainedOpt, QuietOpt, log, resolve_model_name
+from .common import (
+    CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt,
+    ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SegModeOpt,
+    SegPromptsOpt, WindowsOpt, log,
+)
 
 
 prompts_app = typer.Typer(help="List, show, validate and pre-embed prompt banks.", no_args_is_help=True)
@@ -120,23 +125,50 @@ def prompts_generate(
 
 @prompts_app.command("embed")
 def prompts_embed(
-    banks: Annotated[list[str], typer.Argument(help="Bank names or paths to pre-embed.")],
+    ctx: typer.Context,
+    banks: Annotated[Optional[list[str]], typer.Argument(help="Bank names or paths to pre-embed for --class, in the method's text frame(s). Default: every prompt the method uses for --class.", show_default=False)] = None,
     class_name: ClassOpt = "object",
+    method: MethodOpt = DEFAULT_METHOD,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    windows: WindowsOpt = "2,3",
+    prompt_filter: PromptFilterOpt = None,
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    fg_matching: FgMatchingOpt = None,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compute and cache the text embeddings of banks (e.g. before going offline or on a new machine)."""
-    from ..model.backbone import load_backbone
-    from ..prompts.text import TextEncoderCache, build_text_classifier
+    """Compute and cache text embeddings before going offline or onto a new machine: every prompt
+    set `--method` encodes for `--class` with these flags (the keys `fade detect` looks up), or the
+    given banks in the method's text frame(s)."""
+    from ..methods import get_method
+    from ..methods.base import PromptSet
     from ..prompts.banks import load_bank
+    from ..prompts.text import TextEncoderCache
+    from .common import scorer_spec
 
-    loaded = [load_bank(b) for b in banks]
-    backbone = load_backbone(resolve_model_name(model), pretrained, device)
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, dict(locals()))
+    sets = get_method(spec.method).prompt_sets(spec.options, class_name)
+    if banks:
+        loaded = [load_bank(b) for b in banks]
+        texts = tuple(t for state in ("normal", "anomalous") for b in loaded for t in b.texts(state, class_name, pos=""))
+        sets = [PromptSet(texts, frame) for frame in dict.fromkeys(s.frame for s in sets)]
+    from ..engines.runner import load_spec_backbone
+
+    backbone = load_spec_backbone(spec)
     cache = TextEncoderCache(backbone, cache_dir)
     t = time.perf_counter()
-    text = build_text_classifier(loaded, class_name, cache)
-    log(quiet, f"{', '.join(text.banks)}: {text.counts[0]} normal + {text.counts[1]} anomalous prompts, "
-                f"{'cached already' if cache.hits else 'embedded and cached'} in {time.perf_counter() - t:.1f} s under {cache.dir}")
+    for prompt_set in sets:
+        cache.encode(list(prompt_set.texts), prompt_set.frame)
+    n = sum(len(s.texts) for s in sets)
+    log(quiet, f"{spec.method}, class {class_name}: {len(sets)} prompt set(s), {n} prompts; {cache.hits} cached already, "
+               f"{cache.misses} embedded, in {time.perf_counter() - t:.1f} s under {cache.dir}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,19 +12,19 @@ import typer
 
 from ..data.io import DEFAULT_MAX_PIXELS, Manifest, common_base, expand_inputs, load_image
 from ..errors import ImageError, UsageError
-from ..methods.fade import FadeConfig
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
     Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
     NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
     QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
-    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, parse_scales, progress_bar, reference_paths,
-    resolve_model_name, split_list,
+    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
 )
 
 
 def _run(
+    ctx,
     *,
     images: list[str],
     class_name: str,
@@ -37,15 +36,6 @@ def _run(
     pretrained: str,
     device: str,
     precision: str,
-    scales: str,
-    cls_scale: int,
-    cls_prompts: list[str] | None,
-    seg_prompts: list[str] | None,
-    vision_multiplier: float | None,
-    vision_weight: float | None,
-    vision_feature: str | None,
-    segmentation_mode: str,
-    classification_mode: str,
     threshold: float,
     batch_size: int,
     cache_dir: Path | None,
@@ -56,20 +46,20 @@ def _run(
     pixel_threshold: float = 0.5,
     resume: bool = False,
     manifest: Path | None = None,
-    method: str = "fade",
+    method: str = DEFAULT_METHOD,
     engine: str = "local",
     ray_address: str | None = None,
     actors: int | None = None,
-    **method_options,
+    **method_values,
 ) -> int:
-    from ..methods.base import build_reference_bank
-    from ..prompts.text import TextEncoderCache
+    """detect / segment: inputs -> rows on stdout (and files under `out`); the exit status."""
     from ..engines.runner import OutputSpec, build_pipeline, load_spec_backbone, score_paths
+    from ..prompts.text import TextEncoderCache
 
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine}: expected local or ray")
     if engine == "ray":
-        from ..engines.ray import RecordingTextCache, require_ray
+        from ..engines.ray import require_ray
 
         require_ray()  # before any work: without the extra, one line saying how to install it
     elif ray_address is not None or actors is not None:
@@ -86,17 +76,14 @@ def _run(
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
 
-    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
-                        scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
-                        vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
-                        segmentation_mode=segmentation_mode, classification_mode=classification_mode, **method_options)
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
 
     t0 = time.perf_counter()
     backbone = load_spec_backbone(spec)
     log(quiet, f"loaded {spec.model} ({pretrained}) on {backbone.device}")
-    # with --engine ray the driver's cache remembers the embeddings, for the actors (object store)
-    cache = (RecordingTextCache if engine == "ray" else TextEncoderCache)(
-        backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    # the one text cache of the run; with --engine ray it travels to the actors, memo included
+    cache = TextEncoderCache(backbone, cache_dir, enabled=not no_cache)
+    pipeline = build_pipeline(spec, backbone, text_cache=cache, few_shot=bool(ref_paths) or bank is not None)
     reference_bank = None
     if bank is not None:
         from ..methods.memory import MemoryBank
@@ -104,17 +91,16 @@ def _run(
         reference_bank = MemoryBank.load(bank)
         log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
     if ref_paths:
-        scales_needed, feature = _bank_layout(spec)
-        log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, scales_needed))} px")
+        log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, pipeline.bank_layout.scales))} px")
         ref_images = []
         for p in ref_paths:
             try:
                 ref_images.append(load_image(p, max_pixels))
             except ImageError as exc:
                 raise UsageError(f"reference {p}: {exc}") from None
-        reference_bank = build_reference_bank(backbone, ref_images, scales_needed, feature,
-                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
-    pipeline = build_pipeline(spec, backbone, reference_bank, cache)
+        reference_bank = pipeline.embed_references(ref_images, meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+    if reference_bank is not None:
+        pipeline.use_reference_bank(reference_bank)
     log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({pipeline.method_label}, "
                 f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
@@ -146,7 +132,7 @@ def _run(
         from ..engines.ray import run_ray
 
         results = run_ray(spec, output, reference_bank, pending, batch_size=batch_size, actors=actors,
-                          address=ray_address, text_embeddings=cache.memo, log=lambda m: log(quiet, m), quiet=quiet)
+                          address=ray_address, text_cache=cache, log=lambda m: log(quiet, m), quiet=quiet)
     else:
         results = score_paths(pipeline, pending, spec, output, batch_size)
     if progress:
@@ -176,60 +162,8 @@ def _run(
     return 1 if failures.count else 0
 
 
-def scorer_spec(method: str, class_name: str, model: str, pretrained: str, device: str, precision: str,
-                 cache_dir: Path | None, use_cache: bool, *, scales: str, cls_scale: int, cls_prompts, seg_prompts,
-                 vision_multiplier, vision_weight, vision_feature, segmentation_mode: str = "both",
-                 classification_mode: str = "both", positions=None, object_prior=None, multi_shape=None, smooth=None, fg_matching=None, smooth_size: int = 448, **method_options):
-    """Command-line options -> a validated ScorerSpec (method settings as data)."""
-    from ..engines.runner import METHODS, ScorerSpec
-
-    if method not in METHODS:
-        raise UsageError(f"--method {method}: expected one of {', '.join(METHODS)}")
-    defaults = FadeConfig()
-    config = FadeConfig(
-        cls_scale=cls_scale,
-        seg_scales=parse_scales(scales),
-        cls_prompts=split_list(cls_prompts) or defaults.cls_prompts,
-        seg_prompts=split_list(seg_prompts) or defaults.seg_prompts,
-        classification=classification_mode,
-        segmentation=segmentation_mode,
-        vision_feature=vision_feature,
-        vision_multiplier=vision_multiplier,
-        vision_weight=vision_weight,
-    )
-    filo_flags = (positions, object_prior, multi_shape, smooth, fg_matching)
-    if method == "alfa" and any(f is not None for f in filo_flags):
-        raise UsageError("the FiLo switches (--positions, --object-prior, --multi-shape, --smooth, --fg-matching) "
-                         "apply to --method fade or filo, not alfa")
-    from ..methods.filo import resolve_switches
-
-    config = replace(config, smooth_size=smooth_size, **resolve_switches(method, *filo_flags))
-    problems = config.check()
-    if problems:
-        raise UsageError(problems[0])
-    alfa = None
-    if method == "alfa":
-        from ..methods.alfa import alfa_config_from_options
-
-        alfa = alfa_config_from_options(cls_prompts=split_list(cls_prompts), image_size=cls_scale, **method_options)
-    model_config = Path(model).absolute() if model.endswith(".json") else None
-    return ScorerSpec(method=method, class_name=class_name, config=config, model=resolve_model_name(model),
-                      pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir,
-                      use_cache=use_cache, model_config=model_config, alfa=alfa)
-
-
-def _bank_layout(spec) -> tuple[tuple[int, ...], str]:
-    """Scales and patch feature a reference bank needs for this method (few-shot)."""
-    if spec.method == "alfa":
-        from ..methods.alfa import AlfaConfig
-
-        cfg = spec.alfa or AlfaConfig()
-        return (cfg.image_size,), cfg.vision_feature
-    few = spec.config.resolved(few_shot=True)
-    return few.seg_scales, few.vision_feature
-
-
 def detect(
+    ctx: typer.Context,
     images: ImagesArg,
     class_name: ClassOpt = "object",
     refs: RefsOpt = None,
@@ -250,11 +184,11 @@ def detect(
     vision_feature: VisFeatOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
-    method: MethodOpt = "fade",
+    method: MethodOpt = DEFAULT_METHOD,
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = "alfa",
+    prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
@@ -272,10 +206,11 @@ def detect(
     actors: ActorsOpt = None,
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
-    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+    raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))
 
 
 def segment(
+    ctx: typer.Context,
     images: ImagesArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; the input tree is mirrored under it.")],
     class_name: ClassOpt = "object",
@@ -298,11 +233,11 @@ def segment(
     vision_feature: VisFeatOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
-    method: MethodOpt = "fade",
+    method: MethodOpt = DEFAULT_METHOD,
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = "alfa",
+    prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
@@ -322,4 +257,4 @@ def segment(
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
     (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
-    raise typer.Exit(_run(**{k: v for k, v in locals().items()}))
+    raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))

@@ -14,7 +14,7 @@ embeds the prompts and builds the reference bank exactly as the local engine doe
       -> one row per input back on the driver, re-ordered by input index and yielded as
          `runner.Outcome`s as soon as the next one in input order is there
 
-so that `cli._run` prints the rows and error lines and appends the manifest exactly as for
+so that `cli/score.py` prints the rows and error lines and appends the manifest exactly as for
 `--engine local`. Nothing user-supplied is unpickled: the driver reads the reference bank
 (`allow_pickle=False`) and it travels through the object store with the text embeddings.
 """
@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import FadeError, UsageError
-from ..prompts.text import TextEncoderCache, default_cache_dir
+from ..prompts.text import TextEncoderCache
 from .runner import Outcome, OutputSpec, ScorerSpec
 
 INSTALL_HINT = '--engine ray needs Ray Data, which is not installed: pip install "fade-cli[ray]"'
@@ -50,37 +50,6 @@ def require_ray():
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     return ray
-
-
-class RecordingTextCache(TextEncoderCache):
-    """The driver's text-embedding cache; remembers every embedding it returns (key -> array),
-    so that the actors get them through the object store instead of encoding the prompts again."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.memo: dict[str, np.ndarray] = {}
-
-    def encode(self, texts: list[str]):
-        emb = super().encode(texts)
-        self.memo[self.key(texts)] = emb.detach().cpu().numpy().copy()
-        return emb
-
-
-class MemoTextCache(TextEncoderCache):
-    """An actor's cache: the driver's embeddings first, then the disk cache (shared or not), then the model."""
-
-    def __init__(self, *args, memo: dict[str, np.ndarray] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.memo = memo or {}
-
-    def encode(self, texts: list[str]):
-        import torch
-
-        arr = self.memo.get(self.key(texts))
-        if arr is not None and arr.shape == (len(texts), self.backbone.embed_dim):
-            self.hits += 1
-            return torch.from_numpy(arr.copy())
-        return super().encode(texts)
 
 
 def _read_chunk(row: dict, max_pixels: int) -> dict:
@@ -129,8 +98,8 @@ class _Scorer:
             local.write_text(payload["model_config_text"], encoding="utf-8")
             spec = replace(spec, model_config=local)
         backbone = load_spec_backbone(spec)
-        cache = MemoTextCache(backbone, spec.cache_dir, frame=spec.config.text_frame, enabled=spec.use_cache,
-                              memo=payload["texts"])
+        # the driver's cache, memo included: the prompts every method encoded there are answered from memory
+        cache = payload["text_cache"].bind(backbone)
         self.pipeline = build_pipeline(spec, backbone, payload["bank"], cache)
         self.spec = spec
         self.output = output
@@ -295,7 +264,7 @@ def run_ray(
     batch_size: int = 1,
     actors: int | None = None,
     address: str | None = None,
-    text_embeddings: dict[str, np.ndarray] | None = None,
+    text_cache: TextEncoderCache | None = None,
     log=None,
     quiet: bool = False,
 ) -> Iterator[Outcome]:
@@ -303,6 +272,8 @@ def run_ray(
 
     address None starts a local Ray instance (shut down at the end); "auto" or "HOST:PORT"
     joins a running cluster. The actors write the output files; the caller prints and records.
+    `text_cache` is the driver's cache after building the pipeline: it travels (without the model)
+    to every actor, whose pipeline then finds its prompts' embeddings in the cache's memo.
     """
     if not paths:
         return
@@ -323,11 +294,11 @@ def run_ray(
         if log:
             log(f"ray: {n} actor(s) × ({cpus:g} CPU{', 1 GPU' if gpus else ''}{f', {threads} thread(s)' if threads else ''}), "
                 f"batches of {batch_size}, {len(paths)} image(s)")
-        spec = replace(spec, cache_dir=spec.cache_dir or default_cache_dir())
         if gpus and spec.device.startswith("cuda"):
             spec = replace(spec, device="cuda")  # an actor sees only its own GPU, as cuda:0
         model_text = Path(spec.model_config).read_text(encoding="utf-8") if spec.model_config is not None else None
-        shared = ray.put({"bank": reference_bank, "texts": dict(text_embeddings or {}), "model_config_text": model_text})
+        shared = ray.put({"bank": reference_bank, "text_cache": text_cache or TextEncoderCache(None),
+                          "model_config_text": model_text})
         # One dataset row per chunk of --batch-size inputs, cut as the local engine cuts them: an
         # actor call scores exactly one local batch, so the numbers equal the local engine's.
         starts = range(0, len(paths), batch_size)

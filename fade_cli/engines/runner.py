@@ -8,34 +8,29 @@ the same rows and files with `score_chunk`.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..data.io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, read_ahead, save_npy, save_png
-from ..errors import ImageError, UsageError
-from ..methods.fade import FadeConfig
-
-METHODS = ("fade", "alfa", "filo")
+from ..errors import ImageError
+from ..methods import get_method
 
 
 @dataclass(frozen=True)
 class ScorerSpec:
     """Everything needed to (re)build a scoring pipeline in any process; picklable."""
 
-    method: str
+    method: str  # registry name (fade_cli/methods/__init__.py)
     class_name: str
-    config: FadeConfig
+    options: object  # the method's options dataclass
     model: str  # open_clip name (a config JSON is registered first, see `model_config`)
     pretrained: str
     device: str = "auto"
     precision: str = "fp32"
-    cache_dir: Path | None = None
-    use_cache: bool = True
     model_config: Path | None = None  # an open_clip model-config JSON to register before loading
-    alfa: object | None = None  # AlfaConfig for method "alfa"
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,6 @@ class Outcome:
     path: Path
     row: dict | None = None
     error: str | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def load_spec_backbone(spec: ScorerSpec):
@@ -70,17 +64,9 @@ def load_spec_backbone(spec: ScorerSpec):
     return load_backbone(spec.model, spec.pretrained, spec.device, spec.precision)
 
 
-def build_pipeline(spec: ScorerSpec, backbone, reference_bank=None, text_cache=None):
-    """The method's pipeline for one class; every pipeline has embed/score/__call__ and `banks`."""
-    if spec.method not in METHODS:
-        raise UsageError(f"--method {spec.method}: expected one of {', '.join(METHODS)}")
-    if spec.method == "alfa":
-        from ..methods.alfa import AlfaConfig, AlfaPipeline
-
-        return AlfaPipeline.from_config(backbone, spec.alfa or AlfaConfig(), spec.class_name, reference_bank, text_cache)
-    from ..methods.fade import FadePipeline
-
-    return FadePipeline.from_config(backbone, spec.config, spec.class_name, reference_bank, text_cache)
+def build_pipeline(spec: ScorerSpec, backbone, reference_bank=None, text_cache=None, few_shot: bool | None = None):
+    """The method's pipeline for one class (the protocol of fade_cli/methods/base.py)."""
+    return get_method(spec.method).pipeline(backbone, spec.options, spec.class_name, reference_bank, text_cache, few_shot)
 
 
 def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec,
@@ -132,7 +118,10 @@ def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
     """`score_chunk` over `paths` in chunks of `batch_size`, outcomes in input order.
 
     Files are read in threads a few ahead of the chunk being scored (`io.read_ahead`), so
-    decoding overlaps the model: on a GPU, reading one file at a time would bound throughput."""
+    decoding overlaps the model: on a GPU, reading one file at a time would bound throughput.
+    A method that scores whole batches (`scores_whole_batch`) gets all of `paths` in one chunk."""
+    if pipeline.scores_whole_batch:
+        batch_size = max(len(paths), 1)
     reads = read_ahead(paths, lambda p: _read(p, output.max_pixels), ahead=max(2 * batch_size, 8))
     try:
         while chunk := list(itertools.islice(reads, batch_size)):

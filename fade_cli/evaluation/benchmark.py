@@ -20,7 +20,6 @@ import torch
 from ..data.datasets import ClassSplit, DatasetError, load_mask, sample_references
 from ..data.io import load_image, overlay, read_ahead, save_npy, save_png
 from ..errors import ImageError
-from ..methods.base import build_reference_bank
 from ..methods.memory import MemoryBank
 from ..model.backbone import Backbone
 from .metrics import evaluate, resize_map, resize_mask
@@ -55,7 +54,7 @@ class ClassResult:
         return {"class": self.class_name, "runs": self.runs, "images": self.images}
 
 
-def _bank_for(backbone: Backbone, refs: list[Path], scales, feature: str, cache: dict[Path, MemoryBank]) -> MemoryBank:
+def _bank_for(pipeline, refs: list[Path], cache: dict[Path, MemoryBank]) -> MemoryBank:
     """A k-shot bank from per-image banks, each reference embedded once across seeds."""
     for p in refs:
         if p not in cache:
@@ -63,7 +62,7 @@ def _bank_for(backbone: Backbone, refs: list[Path], scales, feature: str, cache:
                 img = load_image(p)
             except ImageError as exc:
                 raise DatasetError(f"{p}: {exc}") from None
-            cache[p] = build_reference_bank(backbone, [img], scales, feature)
+            cache[p] = pipeline.embed_references([img])
     return MemoryBank.concat([cache[p] for p in refs])
 
 
@@ -92,14 +91,14 @@ def evaluate_class(
     for run in runs:
         refs = [s.image for s in sample_references(split.train, run.shots, run.seed)] if run.shots else []
         if run.shots:
-            banks[run] = _bank_for(backbone, refs, *few.bank_layout, ref_cache)
+            banks[run] = _bank_for(few, refs, ref_cache)
         result.runs.append({"shots": run.shots, "seed": run.seed, "references": [str(p) for p in refs]})
 
     has_masks = any(s.mask is not None for s in split.test)
     labels, masks = [], []
     scores: dict[Run, list[float]] = {r: [] for r in runs}
     grid_maps: dict[Run, list[torch.Tensor]] = {r: [] for r in runs}
-    extra = (few.bank_layout[1],) if few else ()
+    extra = (few.bank_layout.feature,) if few else ()
 
     def read(sample):  # in a reader thread: the image, and its mask at the evaluation size
         try:

@@ -18,7 +18,7 @@ docs/methods.md):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -28,9 +28,9 @@ from ..model.backbone import preprocess_batch
 from ..prompts.banks import load_bank
 from ..prompts.text import TextEncoderCache
 from . import aligner as fga
-from .base import Result, bank_for_scoring, to_results
+from .base import BankLayout, PipelineBase, PromptSet, Result, bank_for_scoring, split_list, to_results
 from .memory import MemoryBank
-from .rtp import FILTERS, adapted_text
+from .rtp import FILTERS, adapted_text, contextual_scores
 
 ALFA_FRAME = "{prompt}"  # ALFA prompts are whole sentences ("A ... image of a ... {class} with ...")
 
@@ -62,8 +62,7 @@ class AlfaConfig:
 
 
 def alfa_config_from_options(cls_prompts: Sequence[str] = (), image_size: int = 240, windows: str = "2,3",
-                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa",
-                             **_ignored) -> AlfaConfig:
+                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa") -> AlfaConfig:
     """Command-line options -> AlfaConfig (UsageError on bad values)."""
     try:
         sizes = tuple(sorted({int(w) for w in str(windows).split(",") if w.strip()}))
@@ -84,7 +83,7 @@ class AlfaEmbeddings:
     features: fga.AlignerFeatures
 
 
-class AlfaPipeline:
+class AlfaPipeline(PipelineBase):
     """ALFA for one product class: `pipeline(images) -> list[Result]`, as FadePipeline."""
 
     def __init__(self, backbone, config: AlfaConfig, class_name: str, normal: torch.Tensor, anomalous: torch.Tensor,
@@ -100,11 +99,11 @@ class AlfaPipeline:
         self.reference_bank = reference_bank
         self.few_shot = reference_bank is not None if few_shot is None else few_shot
         if reference_bank is not None:
-            reference_bank.check_compatible(backbone, *self.bank_layout)
+            self.bank_layout.check(reference_bank, backbone)
 
     @classmethod
     def from_config(cls, backbone, config: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
-                    text_cache: TextEncoderCache | None = None) -> "AlfaPipeline":
+                    text_cache: TextEncoderCache | None = None, few_shot: bool | None = None) -> "AlfaPipeline":
         errs = config.check()
         if errs:
             raise UsageError(errs[0])
@@ -112,20 +111,11 @@ class AlfaPipeline:
         grid = config.image_size // backbone.patch_size
         if max(config.windows) > grid:
             raise UsageError(f"--windows: a window of {max(config.windows)} patches does not fit the {grid}×{grid} grid")
-        encoder = (TextEncoderCache(backbone, text_cache.dir.parent, frame=config.text_frame, enabled=text_cache.enabled)
-                   if text_cache is not None else TextEncoderCache(backbone, frame=config.text_frame))
-        banks = [load_bank(b) for b in config.prompts]
-        normal = [t for b in banks for t in b.texts("normal", class_name)]
-        anomalous = [t for b in banks for t in b.texts("anomalous", class_name)]
-        if not normal or not anomalous:
-            raise PromptBankError(f"banks {', '.join(b.label for b in banks)} give no "
-                                  f"{'normal' if not normal else 'anomalous'} prompts for class '{class_name}'")
-        emb = encoder.encode(normal + anomalous)
-        if text_cache is not None:  # report this encoder's cache use with the caller's
-            text_cache.hits += encoder.hits
-            text_cache.misses += encoder.misses
+        encoder = text_cache or TextEncoderCache(backbone)
+        banks, normal, anomalous = _prompt_texts(config, class_name)
+        emb = encoder.encode(normal + anomalous, config.text_frame)
         return cls(backbone, config, class_name, emb[: len(normal)], emb[len(normal):], tuple(b.label for b in banks),
-                   reference_bank, prompt_texts=(normal, anomalous))
+                   reference_bank, few_shot=few_shot, prompt_texts=(normal, anomalous))
 
     # ---- the interface FadePipeline also has (CLI, evaluation, engines) ----
     @property
@@ -145,8 +135,8 @@ class AlfaPipeline:
         return list(self._banks)
 
     @property
-    def bank_layout(self) -> tuple[tuple[int, ...], str]:
-        return (self.config.image_size,), self.config.vision_feature
+    def bank_layout(self) -> BankLayout:
+        return BankLayout((self.config.image_size,), self.config.vision_feature)
 
     def few_shot_variant(self) -> "AlfaPipeline":
         return AlfaPipeline(self.backbone, self.config, self.class_name, self.normal, self.anomalous, tuple(self._banks),
@@ -193,5 +183,64 @@ class AlfaPipeline:
         return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None,
                           per_image={"prompts_kept": (kept, list)})
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
-        return self.score(self.embed(images))
+    def explain(self, images: Sequence[Image.Image]) -> list[dict]:
+        """Per image and state: each prompt's similarity to f(x), its contextual score (eq. 4) and
+        whether the prompt filter kept it, from the same `embed` and `adapted_prompts` scoring uses."""
+        cls = self.embed(images).features.cls
+        _, _, used = self.adapted_prompts(cls)
+        sim_n = cls @ self.normal.to(cls.device, cls.dtype).T
+        sim_a = cls @ self.anomalous.to(cls.device, cls.dtype).T
+        context = contextual_scores(sim_n, sim_a)
+        t_n = self.normal.shape[0]
+        out = []
+        for i in range(cls.shape[0]):
+            entry = {}
+            for state, texts, sims, ctx, kept in (
+                ("normal", self.prompt_texts[0], sim_n[i], context[i, :t_n], used[i, :t_n]),
+                ("anomalous", self.prompt_texts[1], sim_a[i], context[i, t_n:], used[i, t_n:]),
+            ):
+                entry[state] = [{"text": t, "similarity": float(v), "contextual_score": float(c), "kept": bool(k)}
+                                for t, v, c, k in zip(texts, sims.float().cpu().tolist(), ctx.float().cpu().tolist(),
+                                                      kept.cpu().tolist())]
+            out.append({"banks": self.banks, **entry})
+        return out
+
+
+def _prompt_texts(config: AlfaConfig, class_name: str):
+    """(banks, normal texts, anomalous texts): ALFA's prompts for a class, whole sentences."""
+    banks = [load_bank(b) for b in config.prompts]
+    normal = [t for b in banks for t in b.texts("normal", class_name)]
+    anomalous = [t for b in banks for t in b.texts("anomalous", class_name)]
+    if not normal or not anomalous:
+        raise PromptBankError(f"banks {', '.join(b.label for b in banks)} give no "
+                              f"{'normal' if not normal else 'anomalous'} prompts for class '{class_name}'")
+    return banks, normal, anomalous
+
+
+@dataclass(frozen=True)
+class AlfaMethod:
+    """The ALFA registry entry."""
+
+    name: str = "alfa"
+    flags: frozenset[str] = frozenset({"cls_scale", "cls_prompts", "windows", "no_aligner", "no_rtp", "prompt_filter"})
+    scores_whole_batch: bool = False
+
+    def options(self, values: Mapping[str, object], map_size: int = 448) -> AlfaConfig:
+        del map_size  # ALFA has no smoothing measured at the evaluation size
+        return alfa_config_from_options(cls_prompts=split_list(values.get("cls_prompts")),
+                                        image_size=int(values.get("cls_scale", AlfaConfig.image_size)),
+                                        windows=str(values.get("windows", "2,3")),
+                                        no_aligner=bool(values.get("no_aligner", False)),
+                                        no_rtp=bool(values.get("no_rtp", False)),
+                                        prompt_filter=str(values.get("prompt_filter") or AlfaConfig.prompt_filter))
+
+    def pipeline(self, backbone, options: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
+                 text_cache: TextEncoderCache | None = None, few_shot: bool | None = None) -> AlfaPipeline:
+        return AlfaPipeline.from_config(backbone, options, class_name, reference_bank, text_cache, few_shot)
+
+    def prompt_sets(self, options: AlfaConfig, class_name: str) -> list[PromptSet]:
+        _, normal, anomalous = _prompt_texts(options, class_name)
+        return [PromptSet(tuple(normal + anomalous), options.text_frame)]
+
+
+ALFA = AlfaMethod()

@@ -25,7 +25,7 @@ The pipeline does no file I/O: it takes PIL images and returns tensors.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from PIL import Image
 
@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..model.backbone import Backbone, ImageEmbeddings, preprocess_scales
 from ..prompts.banks import PromptBank, load_bank
 from ..prompts.text import TextClassifier, TextEncoderCache, build_text_classifier
-from .base import Result, bank_for_scoring, to_results
+from .base import BankLayout, PipelineBase, PromptSet, Result, bank_for_scoring, parse_scales, split_list, to_results
 from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank, self_knn_distance
@@ -103,7 +103,7 @@ class FadeConfig:
 
 
 
-class FadePipeline:
+class FadePipeline(PipelineBase):
     """FADE for one product class: `pipeline(images) -> list[Result]`."""
 
     def __init__(
@@ -126,7 +126,7 @@ class FadePipeline:
         self.seg_text = seg_text
         self.reference_bank = reference_bank
         if reference_bank is not None:
-            reference_bank.check_compatible(backbone, *self.bank_layout)
+            self.bank_layout.check(reference_bank, backbone)
         # FiLo / FiLo++ training-free parts (fade_cli/methods/filo.py); None = plain FADE
         self.filo_text = filo_text
         self.filo = None
@@ -143,20 +143,21 @@ class FadePipeline:
         class_name: str,
         reference_bank: MemoryBank | None = None,
         text_cache: TextEncoderCache | None = None,
+        few_shot: bool | None = None,
     ) -> "FadePipeline":
         errs = config.check()
         if errs:
             raise UsageError(errs[0])
         for scale in (config.cls_scale, *config.seg_scales):
             backbone.check_scale(scale)
-        encoder = text_cache or TextEncoderCache(backbone, frame=config.text_frame)
+        encoder = text_cache or TextEncoderCache(backbone)
         cls_text = seg_text = None
         if config.classification != "vision":
-            cls_text = build_text_classifier(_banks(config.cls_prompts), class_name, encoder)
+            cls_text = build_text_classifier(_banks(config.cls_prompts), class_name, encoder, config.text_frame)
         if config.segmentation != "vision":
-            seg_text = build_text_classifier(_banks(config.seg_prompts), config.seg_class_name, encoder)
+            seg_text = build_text_classifier(_banks(config.seg_prompts), config.seg_class_name, encoder, config.text_frame)
         filo_text = build_filo_text(config, class_name, encoder) if any_switch(config) else None
-        return cls(backbone, config, class_name, cls_text, seg_text, reference_bank, filo_text=filo_text)
+        return cls(backbone, config, class_name, cls_text, seg_text, reference_bank, few_shot=few_shot, filo_text=filo_text)
 
     @property
     def method_label(self) -> str:
@@ -169,10 +170,10 @@ class FadePipeline:
                             filo_text=self.filo_text)
 
     @property
-    def bank_layout(self) -> tuple[tuple[int, ...], str]:
+    def bank_layout(self) -> BankLayout:
         """Scales and patch feature of the reference bank this pipeline's few-shot mode uses."""
         few = self.config.resolved(few_shot=True) if not self.few_shot else self.config
-        return tuple(few.seg_scales), few.vision_feature
+        return BankLayout(tuple(few.seg_scales), few.vision_feature)
 
     @property
     def banks(self) -> list[str]:
@@ -257,9 +258,87 @@ class FadePipeline:
         score = score.clamp(0.0, 1.0)
         return to_results(score, fused, ac, vis_score, per_image)
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
-        return self.score(self.embed(images))
+    def explain(self, images: Sequence[Image.Image]) -> list[dict]:
+        """Per image and state: the classification prompts with their cosine to the CLS embedding
+        at the classification scale (FADE keeps every prompt: h± are plain means)."""
+        cfg, text = self.config, self.cls_text
+        if text is None or text.embeddings is None:
+            raise UsageError("explain needs the language classification prompts (classification mode language or both)")
+        pixels = preprocess_scales(images, {cfg.cls_scale}, self.backbone.device)[cfg.cls_scale]
+        cls = self.backbone.encode_images(pixels, want_cls=True, want_clip=False, want_gem=False).cls
+        sims = (cls @ text.embeddings.to(cls.device, cls.dtype).T).float().cpu().tolist()
+        t_n = text.counts[0]
+        return [{"banks": list(text.banks),
+                 "normal": [{"text": t, "similarity": v, "kept": True} for t, v in zip(text.texts[:t_n], row[:t_n])],
+                 "anomalous": [{"text": t, "similarity": v, "kept": True} for t, v in zip(text.texts[t_n:], row[t_n:])]}
+                for row in sims]
 
 
 def _banks(specs: Sequence[str]) -> list[PromptBank]:
     return [load_bank(s) for s in specs]
+
+
+# ---- registry entries: FADE, and FiLo = FADE with the FiLo parts on by default ------------------
+FADE_FLAGS = frozenset({
+    "scales", "cls_scale", "cls_prompts", "seg_prompts", "vision_multiplier", "vision_weight", "vision_feature",
+    "segmentation_mode", "classification_mode", "positions", "object_prior", "multi_shape", "smooth", "fg_matching",
+})
+
+
+@dataclass(frozen=True)
+class FadeMethod:
+    """The FADE registry entry (`filo_preset`: the FiLo parts on unless switched off, for FiLo's entry)."""
+
+    name: str = "fade"
+    filo_preset: bool = False
+    flags: frozenset[str] = FADE_FLAGS
+    scores_whole_batch: bool = False
+
+    def options(self, values: Mapping[str, object], map_size: int = 448) -> FadeConfig:
+        """FadeConfig from the command line's values (see `flags`)."""
+        from .filo import resolve_switches
+
+        defaults = FadeConfig()
+        config = FadeConfig(
+            cls_scale=int(values.get("cls_scale", defaults.cls_scale)),
+            seg_scales=parse_scales(str(values.get("scales", "240,448,896"))),
+            cls_prompts=split_list(values.get("cls_prompts")) or defaults.cls_prompts,
+            seg_prompts=split_list(values.get("seg_prompts")) or defaults.seg_prompts,
+            classification=str(values.get("classification_mode", defaults.classification)),
+            segmentation=str(values.get("segmentation_mode", defaults.segmentation)),
+            vision_feature=values.get("vision_feature"),
+            vision_multiplier=values.get("vision_multiplier"),
+            vision_weight=values.get("vision_weight"),
+            smooth_size=map_size,
+            **resolve_switches(self.filo_preset, *(values.get(k) for k in ("positions", "object_prior", "multi_shape",
+                                                                           "smooth", "fg_matching"))),
+        )
+        problems = config.check()
+        if problems:
+            raise UsageError(problems[0])
+        return config
+
+    def pipeline(self, backbone, options: FadeConfig, class_name: str, reference_bank: MemoryBank | None = None,
+                 text_cache: TextEncoderCache | None = None, few_shot: bool | None = None) -> FadePipeline:
+        return FadePipeline.from_config(backbone, options, class_name, reference_bank, text_cache, few_shot)
+
+    def prompt_sets(self, options: FadeConfig, class_name: str) -> list[PromptSet]:
+        from .filo import filo_prompt_sets
+
+        sets = []
+        if options.classification != "vision":
+            sets.append(_prompt_set(options.cls_prompts, class_name, options.text_frame))
+        if options.segmentation != "vision":
+            sets.append(_prompt_set(options.seg_prompts, options.seg_class_name, options.text_frame))
+        return sets + filo_prompt_sets(options, class_name)
+
+
+def _prompt_set(specs: Sequence[str], class_name: str, frame: str) -> PromptSet:
+    """The texts `build_text_classifier` encodes for these banks and class (normal, then anomalous)."""
+    banks = _banks(specs)
+    return PromptSet(tuple(t for state in ("normal", "anomalous") for b in banks for t in b.texts(state, class_name, pos="")),
+                     frame)
+
+
+FADE = FadeMethod()
+FILO = FadeMethod(name="filo", filo_preset=True)

@@ -39,6 +39,7 @@ from scipy import ndimage
 from ..errors import PromptBankError
 from ..prompts.banks import load_bank
 from ..prompts.text import TextClassifier, TextEncoderCache
+from .base import PromptSet
 from .guidance import fuse_scales, language_score, to_grid
 
 # FiLo's nine regions, in the official code's order and words ("... at top left.")
@@ -168,29 +169,52 @@ def any_switch(config) -> bool:
                 or config.smooth_sigma > 0 or config.fg_matching)
 
 
+def _position_texts(config, class_name: str) -> tuple[list, list[str], list[list[str]]]:
+    """(banks, normal texts, anomalous texts per region) of the position pass."""
+    banks = [load_bank(b) for b in config.position_prompts]
+    normal = [t for b in banks for t in b.texts("normal", class_name, pos="")]
+    anomalous = [[t for b in banks for t in b.texts("anomalous", class_name, pos=position_phrase(p))]
+                 for p in POSITIONS]
+    if not normal or not anomalous[0]:
+        names = ", ".join(b.label for b in banks)
+        raise PromptBankError(f"position banks {names} give no {'normal' if not normal else 'anomalous'} "
+                              f"prompts for class '{class_name}'")
+    return banks, normal, anomalous
+
+
+def _foreground_texts(class_name: str) -> tuple[list[str], list[str]]:
+    """(object prompts, background prompts) of the object estimate."""
+    name = class_name.replace("_", " ")
+    return [p.replace("{class}", name) for p in OBJECT_PROMPTS], list(BACKGROUND_PROMPTS)
+
+
+def filo_prompt_sets(config, class_name: str) -> list[PromptSet]:
+    """The texts `build_text_classifier` encodes for the switched-on parts (for `fade prompts embed`)."""
+    sets = []
+    if config.positions:
+        _, normal, anomalous = _position_texts(config, class_name)
+        sets.append(PromptSet(tuple(normal + [t for texts in anomalous for t in texts]), config.text_frame))
+    if needs_foreground(config):
+        objects, background = _foreground_texts(class_name)
+        sets.append(PromptSet(tuple(objects + background), config.text_frame))
+    return sets
+
+
 def build_filo_text(config, class_name: str, encoder: TextEncoderCache) -> FiloText:
     """The position prompts of all nine regions (one encoder call) and the object/background prompts."""
     out = FiloText()
     if config.positions:
-        banks = [load_bank(b) for b in config.position_prompts]
-        normal = [t for b in banks for t in b.texts("normal", class_name, pos="")]
-        anomalous = [[t for b in banks for t in b.texts("anomalous", class_name, pos=position_phrase(p))]
-                     for p in POSITIONS]
-        if not normal or not anomalous[0]:
-            names = ", ".join(b.label for b in banks)
-            raise PromptBankError(f"position banks {names} give no {'normal' if not normal else 'anomalous'} "
-                                  f"prompts for class '{class_name}'")
-        emb = encoder.encode(normal + [t for texts in anomalous for t in texts])
+        banks, normal, anomalous = _position_texts(config, class_name)
+        emb = encoder.encode(normal + [t for texts in anomalous for t in texts], config.text_frame)
         n, a = len(normal), len(anomalous[0])
         out.h_normal = emb[:n].mean(dim=0)
         out.h_positions = emb[n:].reshape(len(POSITIONS), a, -1).mean(dim=1)
         out.banks = tuple(b.label for b in banks)
     if needs_foreground(config):
-        name = class_name.replace("_", " ")
-        objects = [p.replace("{class}", name) for p in OBJECT_PROMPTS]
-        emb = encoder.encode(objects + list(BACKGROUND_PROMPTS))
+        objects, background = _foreground_texts(class_name)
+        emb = encoder.encode(objects + background, config.text_frame)
         out.foreground = TextClassifier(h_normal=emb[len(objects):].mean(dim=0), h_anomalous=emb[: len(objects)].mean(dim=0),
-                                        counts=(len(BACKGROUND_PROMPTS), len(objects)), banks=())
+                                        counts=(len(background), len(objects)), banks=())
     return out
 
 
@@ -280,12 +304,12 @@ def method_label(config) -> str:
     return f"filo[{','.join(on)}]" if on else "fade"
 
 
-def resolve_switches(method: str, positions: bool | None = None, object_prior: float | None = None,
+def resolve_switches(preset: bool, positions: bool | None = None, object_prior: float | None = None,
                      multi_shape: bool | None = None, smooth: float | None = None,
                      fg_matching: bool | None = None) -> dict:
     """Command-line FiLo options -> FadeConfig fields. None = the method's default: FILO_PRESET
-    for `--method filo`, off otherwise. λ = 1 is the identity and counts as off."""
-    base = FILO_PRESET if method == "filo" else {"positions": False, "object_prior": None, "multi_shape": False,
+    with `preset` (`--method filo`), off otherwise. λ = 1 is the identity and counts as off."""
+    base = FILO_PRESET if preset else {"positions": False, "object_prior": None, "multi_shape": False,
                                                  "smooth_sigma": 0.0, "fg_matching": False}
     lam = base["object_prior"] if object_prior is None else float(object_prior)
     return {
