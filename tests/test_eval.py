@@ -46,8 +46,13 @@ def test_eval_tables_files_and_resume(capsys, monkeypatch, demo, tmp_path):
         sel = [r for r in rows if r["class"] == "weave" and r["run"] == label]
         auroc = 100 * image_auroc(np.array([int(r["label"]) for r in sel]), np.array([float(r["score"]) for r in sel]))
         assert auroc == pytest.approx(run_["metrics"]["image_auroc"], abs=1e-3)
+    # the mean row: classes averaged per seed first, then mean and std over the seeds
+    per_seed = [np.mean([r["metrics"]["pixel_auroc"] for c in results["classes"] for r in c["runs"]
+                         if r["shots"] == 1 and r["seed"] == seed]) for seed in range(3)]
     mean = results["summary"]["mean"]["1"]["pixel_auroc"]
-    assert mean["n"] == 3 and mean["std"] >= 0
+    assert mean["n"] == 3
+    assert mean["mean"] == pytest.approx(np.mean(per_seed), abs=1e-4) and mean["std"] == pytest.approx(np.std(per_seed), abs=1e-4)
+    assert len({r["metrics"]["pixel_auroc"] for r in by_class["tiles"]["runs"] if r["shots"] == 1}) > 1  # seeds differ
     saved = list((out / "maps").rglob("*.npy"))
     assert len(saved) == 2 * 9 * 7 and np.load(saved[0]).shape == (64, 64)
     # --resume keeps finished classes
@@ -103,3 +108,23 @@ def test_eval_reads_ahead_without_changing_results(capsys, monkeypatch, demo, tm
     assert code == 2 and "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if "error" in line] == [
         f"fade: error: {victim}: truncated or corrupt image data " + stderr.split("truncated or corrupt image data ")[1].splitlines()[0]]
+
+
+def test_run_benchmark_is_a_library_call_with_the_clis_numbers(capsys, monkeypatch, demo, tmp_path, tiny_backbone):
+    from fade_cli.engines.runner import ScorerSpec
+    from fade_cli.evaluation.benchmark import run_benchmark
+    from fade_cli.methods import get_method
+
+    fade = get_method("fade")
+    options = fade.options({"scales": "32,64", "cls_scale": 32, "seg_prompts": ["winclip"]}, map_size=64)
+    spec = ScorerSpec(method="fade", class_name="object", options=options, model="fade-tiny", pretrained="none")
+    lines = []
+    report = run_benchmark(spec, demo, shots=[0, 1], seeds=2, out=tmp_path / "lib", eval_size=64, backbone=tiny_backbone,
+                           cache_dir=tmp_path / "cache", log=lines.append)
+    assert capsys.readouterr().out == ""  # a library call prints nothing; progress goes to `log`
+    assert any(line.startswith("tiles: ") for line in lines)
+    assert json.loads(json.dumps(report)) == json.loads((tmp_path / "lib" / "results.json").read_text())
+    code, _, stderr = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,1", "--seeds", "2", "--out",
+                          str(tmp_path / "cli"), *FAST, cache=tmp_path / "cache")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["summary"] == report["summary"]

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data.io import InputItem, atomic_write, expand_inputs
+from ..data.io import InputItem, expand_inputs
 from ..errors import UsageError
 from ..methods import method_help
 from ..methods.base import parse_scales, split_list  # noqa: F401 - the commands' parsing helpers
@@ -89,10 +89,6 @@ def progress_bar(total: int, quiet: bool) -> Progress | None:
 def log(quiet: bool, message: str) -> None:
     if not quiet:
         err.print(f"fade: {message}")
-
-
-def save_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def resolve_model_name(model: str) -> str:

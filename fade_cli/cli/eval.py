@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from dataclasses import replace
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__
 from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -19,7 +15,7 @@ from .common import (
     BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt, MultOpt,
     MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
     PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log,
-    progress_bar, save_bytes, scorer_spec, split_list,
+    progress_bar, scorer_spec, split_list,
 )
 
 
@@ -64,96 +60,31 @@ def eval_command(
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
     method_values = dict(locals())
-    from ..data.datasets import DATASETS, list_classes, read_split
-    from ..evaluation.benchmark import evaluate_class, markdown_table, runs_for, summarize
-    from ..prompts.text import TextEncoderCache
-    from ..engines.runner import build_pipeline, load_spec_backbone
+    from ..evaluation.benchmark import markdown_table, run_benchmark
 
-    if dataset not in DATASETS:
-        raise UsageError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
     try:
         shot_list = sorted({int(s) for s in shots.split(",") if s.strip()})
     except ValueError:
         raise UsageError(f"--shots {shots!r}: expected comma-separated integers like 0,1,2,4") from None
-    if not shot_list or min(shot_list) < 0:
-        raise UsageError("--shots: give one or more counts >= 0")
-    available = list_classes(root, dataset, split_csv)
-    wanted = list(split_list(classes)) or available
-    unknown = [c for c in wanted if c not in available]
-    if unknown:
-        raise UsageError(f"unknown class(es) {', '.join(unknown)} under {root} (found: {', '.join(available)})")
     spec = scorer_spec(ctx, method, "object", model, pretrained, device, precision, method_values, map_size=eval_size)
-    runs = runs_for(shot_list, seeds)
-    backbone = load_spec_backbone(spec)
-    cache = TextEncoderCache(backbone, cache_dir)
-    built: dict = {}  # the first class's pipeline, built early for the settings record, is used once more
 
-    def make_pipeline(name: str):
-        return built.pop(name, None) or build_pipeline(replace(spec, class_name=name), backbone, None, cache)
-
-    probe = built[wanted[0]] = make_pipeline(wanted[0])
-    banks = probe.banks
-    settings = {"dataset": dataset, "root": str(root.absolute()), "method": probe.method_label, "model": backbone.model_name,
-                "pretrained": pretrained, "weights_id": backbone.weights_id, "config": probe.config.as_dict(), "banks": banks,
-                "shots": shot_list, "seeds": seeds, "eval_size": eval_size, "fade_version": __version__}
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    checkpoints = out / "classes"
-    results = []
-    for name in wanted:
-        ckpt = checkpoints / f"{name}.json"
-        if resume and ckpt.is_file():
-            saved = json.loads(ckpt.read_text())
-            if saved.get("settings") == fingerprint:
-                log(quiet, f"{name}: finished earlier, kept")
-                results.append(saved)
-                continue
-        split = read_split(root, dataset, name if dataset != "folder" else None, split_csv)
-        progress = progress_bar(len(split.test), quiet)
-        task = progress.add_task(name, total=len(split.test)) if progress else None
-        t0 = time.perf_counter()
-        if progress:
-            progress.start()
+    @contextlib.contextmanager
+    def class_progress(name: str, total: int):
+        bar = progress_bar(total, quiet)
+        if bar is None:
+            yield None
+            return
+        task = bar.add_task(name, total=total)
+        bar.start()
         try:
-            res = evaluate_class(backbone, make_pipeline, split, runs, eval_size, batch_size,
-                                 out / "maps" if save_maps else None, out / "overlays" if save_overlays else None,
-                                 on_image=(lambda: progress.update(task, advance=1)) if progress else None)
+            yield lambda: bar.update(task, advance=1)
         finally:
-            if progress:
-                progress.stop()
-        seconds = time.perf_counter() - t0
-        record = {**res.as_dict(), "settings": fingerprint, "seconds": round(seconds, 2),
-                  "seconds_per_image": round(seconds / len(split.test), 3)}
-        save_bytes(ckpt, json.dumps(record, indent=1).encode())
-        log(quiet, f"{name}: {len(split.test)} test images, {seconds:.1f} s ({seconds / len(split.test):.2f} s/image)")
-        results.append(record)
-    summary = summarize(results, runs)
-    save_bytes(out / "results.json", json.dumps({"settings": settings, "summary": summary,
-                                                 "classes": [{k: v for k, v in r.items() if k != "images"} for r in results]},
-                                                indent=1).encode())
-    _write_eval_csvs(out, results)
-    print(markdown_table(summary))
+            bar.stop()
+
+    report = run_benchmark(spec, root, dataset=dataset, classes=split_list(classes), shots=shot_list, seeds=seeds,
+                           out=out, eval_size=eval_size, split_csv=split_csv, save_maps=save_maps,
+                           save_overlays=save_overlays, resume=resume, batch_size=batch_size, cache_dir=cache_dir,
+                           log=lambda m: log(quiet, m),
+                           progress=class_progress)
+    print(markdown_table(report["summary"]))
     log(quiet, f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'per_image.csv'}")
-
-
-def _write_eval_csvs(out: Path, results: list[dict]) -> None:
-    import csv
-    import io as _io
-
-    from ..evaluation.benchmark import METRIC_KEYS
-
-    table = _io.StringIO()
-    w = csv.writer(table)
-    w.writerow(["class", "shots", "seed", *METRIC_KEYS, "references"])
-    for r in results:
-        for run in r["runs"]:
-            w.writerow([r["class"], run["shots"], run["seed"], *[run["metrics"].get(m, "") for m in METRIC_KEYS],
-                        ";".join(run["references"])])
-    save_bytes(out / "results.csv", table.getvalue().encode())
-    per_image = _io.StringIO()
-    w = csv.writer(per_image)
-    w.writerow(["class", "run", "path", "label", "defect", "score"])
-    for r in results:
-        for img in r["images"]:
-            for run, score in img["scores"].items():
-                w.writerow([r["class"], run, img["path"], img["label"], img["defect"], score])
-    save_bytes(out / "per_image.csv", per_image.getvalue().encode())

@@ -1,4 +1,7 @@
-"""Evaluation: the papers' per-class tables on MVTec-AD, VisA or a plain folder.
+"""Evaluation as a library: `run_benchmark(spec, root, ...)` gives the papers' per-class tables
+on MVTec-AD, VisA or a plain folder, writes results.json / results.csv / per_image.csv and
+per-class checkpoints (for `resume`), and returns what results.json holds. `fade eval` only
+parses its flags into these arguments and prints the summary.
 
 For one class, every test image is embedded once; each (shots, seed) configuration then scores
 those embeddings with its own reference bank (the references chosen as the official code does
@@ -9,7 +12,12 @@ default) per configuration when its metrics are computed, so memory stays small.
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import io
 import itertools
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,10 +26,9 @@ import numpy as np
 import torch
 
 from ..data.datasets import ClassSplit, DatasetError, load_mask, sample_references
-from ..data.io import load_image, overlay, read_ahead, save_npy, save_png
+from ..data.io import atomic_write, load_image, overlay, read_ahead, save_npy, save_png
 from ..errors import ImageError
 from ..methods.memory import MemoryBank
-from ..model.backbone import Backbone
 from .metrics import evaluate, resize_map, resize_mask
 
 METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro")
@@ -67,7 +74,6 @@ def _bank_for(pipeline, refs: list[Path], cache: dict[Path, MemoryBank]) -> Memo
 
 
 def evaluate_class(
-    backbone: Backbone,
     make_pipeline: Callable[[str], object],
     split: ClassSplit,
     runs: Sequence[Run],
@@ -107,6 +113,8 @@ def evaluate_class(
             raise DatasetError(f"{sample.image}: {exc}") from None
         return image, (resize_mask(load_mask(sample.mask, image.size), eval_size) if has_masks else None)
 
+    if zero.scores_whole_batch:  # a batch method scores the whole test set of a class at once
+        batch_size = len(split.test)
     with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
         while chunk := list(itertools.islice(reads, batch_size)):
             embeddings = zero.embed([image for _, (image, _) in chunk], extra_features=extra)
@@ -192,3 +200,119 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"| {k} | {cls} | " + " | ".join(cell(per[k], m) for m in present) + " |")
         lines.append(f"| {k} | **mean** | " + " | ".join(cell(summary["mean"][k], m) for m in present) + " |")
     return "\n".join(lines)
+
+
+# ---- the whole benchmark ---------------------------------------------------------------------
+def run_benchmark(
+    spec,
+    root: Path,
+    *,
+    dataset: str = "mvtec",
+    classes: Sequence[str] = (),
+    shots: Sequence[int] = (0,),
+    seeds: int = 5,
+    out: Path = Path("fade-eval"),
+    eval_size: int = 448,
+    split_csv: Path | None = None,
+    save_maps: bool = False,
+    save_overlays: bool = False,
+    resume: bool = False,
+    batch_size: int = 1,
+    backbone=None,
+    text_cache=None,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[str, int], contextlib.AbstractContextManager] | None = None,
+) -> dict:
+    """Evaluate `spec`'s method (an engines.runner.ScorerSpec; its class name is replaced per class)
+    on every class (default: all found) for each shot count (0 = zero-shot) and `seeds` seeds.
+
+    Returns {"settings", "summary", "classes"} as written to OUT/results.json, and writes OUT/
+    results.csv, OUT/per_image.csv and OUT/classes/CLASS.json (a finished class is kept by `resume`
+    when its settings are the same). `backbone` and `text_cache` default to the spec's model and a
+    text cache in `cache_dir` (default: $FADE_CACHE_DIR or ~/.cache/fade); `log` gets progress lines; `progress(class, n_images)` is a context
+    manager giving a callable to call once per image."""
+    from dataclasses import replace
+
+    from .. import __version__
+    from ..data.datasets import DATASETS, list_classes, read_split
+    from ..engines.runner import build_pipeline, load_spec_backbone
+    from ..errors import UsageError
+    from ..prompts.text import TextEncoderCache
+
+    say = log or (lambda message: None)
+    if dataset not in DATASETS:
+        raise UsageError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
+    shot_list = sorted(set(int(k) for k in shots))
+    if not shot_list or min(shot_list) < 0:
+        raise UsageError("--shots: give one or more counts >= 0")
+    available = list_classes(root, dataset, split_csv)
+    wanted = list(classes) or available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise UsageError(f"unknown class(es) {', '.join(unknown)} under {root} (found: {', '.join(available)})")
+    runs = runs_for(shot_list, seeds)
+    backbone = backbone or load_spec_backbone(spec)
+    cache = text_cache or TextEncoderCache(backbone, cache_dir)
+    built: dict = {}  # the first class's pipeline, built early for the settings record, is used once more
+
+    def make_pipeline(name: str):
+        return built.pop(name, None) or build_pipeline(replace(spec, class_name=name), backbone, None, cache)
+
+    probe = built[wanted[0]] = make_pipeline(wanted[0])
+    settings = {"dataset": dataset, "root": str(Path(root).absolute()), "method": probe.method_label,
+                "model": backbone.model_name, "pretrained": spec.pretrained, "weights_id": backbone.weights_id,
+                "config": probe.config.as_dict(), "banks": probe.banks, "shots": shot_list, "seeds": seeds,
+                "eval_size": eval_size, "fade_version": __version__}
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    results = []
+    for name in wanted:
+        ckpt = out / "classes" / f"{name}.json"
+        if resume and ckpt.is_file():
+            saved = json.loads(ckpt.read_text())
+            if saved.get("settings") == fingerprint:
+                say(f"{name}: finished earlier, kept")
+                results.append(saved)
+                continue
+        split = read_split(root, dataset, name if dataset != "folder" else None, split_csv)
+        t0 = time.perf_counter()
+        with (progress(name, len(split.test)) if progress else contextlib.nullcontext(None)) as on_image:
+            res = evaluate_class(make_pipeline, split, runs, eval_size, batch_size,
+                                 out / "maps" if save_maps else None, out / "overlays" if save_overlays else None,
+                                 on_image=on_image)
+        seconds = time.perf_counter() - t0
+        record = {**res.as_dict(), "settings": fingerprint, "seconds": round(seconds, 2),
+                  "seconds_per_image": round(seconds / len(split.test), 3)}
+        _save_json(ckpt, record)
+        say(f"{name}: {len(split.test)} test images, {seconds:.1f} s ({seconds / len(split.test):.2f} s/image)")
+        results.append(record)
+    summary = summarize(results, runs)
+    report = {"settings": settings, "summary": summary,
+              "classes": [{k: v for k, v in r.items() if k != "images"} for r in results]}
+    _save_json(out / "results.json", report)
+    write_csvs(out, results)
+    return report
+
+
+def _save_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda fh: fh.write(json.dumps(data, indent=1).encode()))
+
+
+def write_csvs(out: Path, results: list[dict]) -> None:
+    """OUT/results.csv (a row per class, shots and seed) and OUT/per_image.csv (a row per image and run)."""
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["class", "shots", "seed", *METRIC_KEYS, "references"])
+    for r in results:
+        for run in r["runs"]:
+            w.writerow([r["class"], run["shots"], run["seed"], *[run["metrics"].get(m, "") for m in METRIC_KEYS],
+                        ";".join(run["references"])])
+    atomic_write(out / "results.csv", lambda fh: fh.write(table.getvalue().encode()))
+    per_image = io.StringIO()
+    w = csv.writer(per_image)
+    w.writerow(["class", "run", "path", "label", "defect", "score"])
+    for r in results:
+        for img in r["images"]:
+            for run, score in img["scores"].items():
+                w.writerow([r["class"], run, img["path"], img["label"], img["defect"], score])
+    atomic_write(out / "per_image.csv", lambda fh: fh.write(per_image.getvalue().encode()))
