@@ -8,13 +8,11 @@ import torch
 from scipy import ndimage
 
 from fade_cli.evaluation.metrics import (
-    ClassMetrics,
     aupr,
     average_precision,
     evaluate,
     f1_max,
     image_auroc,
-    mean_metrics,
     pixel_auroc,
     pixel_f1_max,
     pro_auc,
@@ -265,12 +263,6 @@ def test_evaluate_in_percent_and_class_rows():
     assert list(image_only) == ["image_auroc", "image_aupr", "image_f1_max"]
     with pytest.raises(ValueError, match="both masks and maps"):
         evaluate(labels, scores, masks=masks)
-
-    rows = [ClassMetrics.from_dict("a", out), ClassMetrics.from_dict("b", image_only)]
-    assert rows[0].as_dict() == out and rows[1].pro is None
-    mean = mean_metrics(rows)
-    assert list(mean) == ["image_auroc", "image_aupr", "image_f1_max"]  # only keys every class has
-    assert mean["image_auroc"] == pytest.approx(out["image_auroc"])
 
 
 # --------------------------------------------------------------------------- resizing

@@ -12,9 +12,6 @@ exactly (all samples sharing a score form one threshold step), so 20M-pixel inpu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -277,39 +274,6 @@ def resize_map(anomaly_map: np.ndarray, size: int) -> np.ndarray:
     t, single = _to_nchw(arr, "anomaly map")
     res = resize_maps(t[:, 0], (size, size)).numpy()
     return res[0] if single else res
-
-
-# --------------------------------------------------------------------------- per-class results
-
-
-@dataclass
-class ClassMetrics:
-    """One row of the papers' per-class tables, in percent; pixel metrics None without masks."""
-
-    class_name: str
-    image_auroc: float
-    image_aupr: float
-    image_f1_max: float
-    pixel_auroc: float | None = None
-    pixel_f1_max: float | None = None
-    pro: float | None = None
-
-    @classmethod
-    def from_dict(cls, class_name: str, values: dict[str, float]) -> ClassMetrics:
-        """Build from `evaluate`'s result."""
-        return cls(class_name, **{k: values[k] for k in IMAGE_KEYS + PIXEL_KEYS if k in values})
-
-    def as_dict(self) -> dict[str, float]:
-        """The metric values present (same keys as `evaluate`)."""
-        return {k: v for k, v in asdict(self).items() if k != "class_name" and v is not None}
-
-
-def mean_metrics(rows: Sequence[ClassMetrics]) -> dict[str, float]:
-    """The tables' 'mean' row: unweighted mean over classes of each metric every class has."""
-    if not rows:
-        raise ValueError("no per-class results to average")
-    keys = [k for k in IMAGE_KEYS + PIXEL_KEYS if all(k in r.as_dict() for r in rows)]
-    return {k: float(np.mean([r.as_dict()[k] for r in rows])) for k in keys}
 
 
 def evaluate(

@@ -156,7 +156,7 @@ class AlfaPipeline(PipelineBase):
         cfg = self.config
         feats = embeddings.features
         bank = bank_for_scoring(self, reference_bank)
-        h_n, h_a, used = self.adapted_prompts(feats.cls)
+        h_n, h_a, _ = self.adapted_prompts(feats.cls)
         text = torch.stack([h_n, h_a], dim=1)  # (B, 2, D)
         s_global = torch.softmax(torch.einsum("bd,bsd->bs", feats.cls, text) / cfg.temperature, dim=-1)[:, 1]
         maps = []
@@ -178,10 +178,7 @@ class AlfaPipeline(PipelineBase):
             fused = language
         fused = fused.clamp(0.0, 1.0)
         score = (0.5 * (s_global + fused.amax(dim=(1, 2)))).clamp(0.0, 1.0)
-        t_n = self.normal.shape[0]
-        kept = torch.stack([used[:, :t_n].sum(-1), used[:, t_n:].sum(-1)], dim=-1)  # (B, 2)
-        return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None,
-                          per_image={"prompts_kept": (kept, list)})
+        return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None)
 
     def explain(self, images: Sequence[Image.Image]) -> list[dict]:
         """Per image and state: each prompt's similarity to f(x), its contextual score (eq. 4) and

@@ -50,8 +50,8 @@ Options dataclasses are frozen, picklable (they travel to Ray actors inside Scor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
 
 import torch
 from PIL import Image
@@ -155,29 +155,22 @@ class Result:
     map: torch.Tensor | None
     language_score: float | None = None
     vision_score: float | None = None
-    extras: dict = field(default_factory=dict)
-
-
-PerImage = dict[str, tuple[torch.Tensor, Callable]]  # extras name -> (batch tensor (B, ...), format one row)
 
 
 def to_results(score: torch.Tensor, maps: torch.Tensor, language: torch.Tensor | None = None,
-               vision: torch.Tensor | None = None, per_image: PerImage | None = None) -> list[Result]:
+               vision: torch.Tensor | None = None) -> list[Result]:
     """Per-image Results from a batch's tensors: score (B,), maps (B, G, G), optional language and
-    vision scores (B,), and `per_image` extras, each a batch tensor with the function that turns
-    one image's row (a Python number or list) into its `extras` value. Every tensor is copied to
-    the host once per batch: on a GPU one synchronisation per tensor, not per image and value."""
+    vision scores (B,). Every tensor is copied to the host once per batch: on a GPU one
+    synchronisation per tensor, not per image and value."""
     score, maps = score.float().cpu(), maps.float().cpu()
     language = language.float().cpu().tolist() if language is not None else None
     vision = vision.float().cpu().tolist() if vision is not None else None
-    rows = {name: (values.cpu().tolist(), fmt) for name, (values, fmt) in (per_image or {}).items()}
     return [
         Result(
             score=float(score[i]),
             map=maps[i],
             language_score=language[i] if language is not None else None,
             vision_score=vision[i] if vision is not None else None,
-            extras={name: fmt(values[i]) for name, (values, fmt) in rows.items()},
         )
         for i in range(score.shape[0])
     ]

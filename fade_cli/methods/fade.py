@@ -238,9 +238,8 @@ class FadePipeline(PipelineBase):
         m, w = cfg.vision_multiplier, cfg.vision_weight
         vision = fuse_scales(vis_maps) * m if vis_maps else None
         language = fuse_scales(lang_maps) if lang_maps else None
-        per_image = {}
         if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/methods/filo.py)
-            language, vision, per_image = self.filo.refine(embeddings, language, vision, self.few_shot)
+            language, vision = self.filo.refine(embeddings, language, vision, self.few_shot)
         if cfg.segmentation == "both":
             fused = (1.0 - w) * language + w * vision
         else:
@@ -256,7 +255,7 @@ class FadePipeline(PipelineBase):
         else:
             score = ac
         score = score.clamp(0.0, 1.0)
-        return to_results(score, fused, ac, vis_score, per_image)
+        return to_results(score, fused, ac, vis_score)
 
     def explain(self, images: Sequence[Image.Image]) -> list[dict]:
         """Per image and state: the classification prompts with their cosine to the CLS embedding

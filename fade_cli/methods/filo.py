@@ -241,16 +241,14 @@ class FiloRefinement:
         return emb.gem if self.config.seg_feature == "gem" else emb.clip
 
     def refine(self, embeddings: dict, language: torch.Tensor | None, vision: torch.Tensor | None,
-               few_shot: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, dict]:
+               few_shot: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         cfg = self.config
         ref = language if language is not None else vision
         grid = ref.shape[-1]
-        per_image = {}  # row extras, read on the host once per batch (pipeline.to_results)
         fg = None
         if needs_foreground(cfg):
             fg = fuse_scales([to_grid(language_score(self._patches(embeddings[s]), self.text.foreground))
                               for s in cfg.seg_scales]).to(ref.dtype)
-            per_image["foreground"] = (fg.mean(dim=(1, 2)), lambda v: round(v, 4))
         if cfg.fg_matching and few_shot and vision is not None:
             vision = vision * fg
         if cfg.positions and language is not None:
@@ -262,7 +260,6 @@ class FiloRefinement:
             second = fuse_scales([position_language_map(self._patches(embeddings[s]), self.text.h_normal.to(ref.device),
                                                         h_a, cfg.multi_shape) for s in cfg.seg_scales])
             language = 0.5 * (language + second.to(language.dtype))
-            per_image["position"] = (region, POSITIONS.__getitem__)
         if cfg.smooth_sigma > 0:
             sigma = smoothing_sigma(cfg.smooth_sigma, grid, cfg.smooth_size)
             language = gaussian_smooth(language, sigma) if language is not None else None
@@ -270,7 +267,7 @@ class FiloRefinement:
         if cfg.object_prior is not None:
             language = object_prior(language, fg, cfg.object_prior) if language is not None else None
             vision = object_prior(vision, fg, cfg.object_prior) if vision is not None else None
-        return language, vision, per_image
+        return language, vision
 
     def _fuse(self, language: torch.Tensor, vision: torch.Tensor | None) -> torch.Tensor:
         """The map FADE itself would output (the pipeline's fusion, before any FiLo step)."""
