@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fade_cli.errors import MemoryBankError
-from fade_cli.methods.memory import MemoryBank, knn_distance, sample_reference_indices, self_knn_distance
+from fade_cli.data.datasets import sample_reference_indices
+from fade_cli.methods.memory import MemoryBank, knn_distance, self_knn_distance
 
 from reference import kth_nn_distance, l2n
 

@@ -51,7 +51,7 @@ def bank_build(
         raise UsageError(f"{bad[0].path}: {bad[0].error}")
     paths = sorted(i.path for i in items)
     if shots is not None:
-        from ..methods.memory import sample_reference_indices
+        from ..data.datasets import sample_reference_indices
 
         if shots > len(paths):
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")

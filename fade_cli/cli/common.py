@@ -126,7 +126,7 @@ def reference_paths(refs: list[str], shots: int | None, seed: int, images: list[
             f"Quote it (--refs '{paths[0].parent}/*{paths[0].suffix}') or pass the folder (--refs {paths[0].parent}/)"
         )
     if shots is not None:
-        from ..methods.memory import sample_reference_indices
+        from ..data.datasets import sample_reference_indices
 
         if shots > len(paths):
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")

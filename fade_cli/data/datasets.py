@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import FadeError
-from ..methods.memory import sample_reference_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DATASETS = ("mvtec", "visa", "folder")
@@ -305,11 +304,27 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     return arr != 0
 
 
+def sample_reference_indices(n: int, k: int, seed: int) -> list[int]:
+    """The official FADE choice of k references among n path-sorted train images for a seed.
+
+    The official code calls torch.manual_seed(seed) and takes the first k items a shuffling
+    DataLoader yields; we run exactly that, inside fork_rng so the caller's RNG is untouched.
+    """
+    import torch  # here: reading a split needs no torch
+
+    if not 0 < k <= n:
+        raise ValueError(f"cannot choose {k} of {n} reference images")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(range(n), batch_size=1, shuffle=True)
+        return [int(batch[0]) for batch, _ in zip(loader, range(k))]
+
+
 def sample_references(train: list[Sample], shots: int, seed: int) -> list[Sample]:
     """The k-shot references the official FADE code picks for this seed.
 
     Train images sorted by path; torch.manual_seed(seed); the first `shots` items a
-    DataLoader(batch_size=1, shuffle=True) yields (see memory.sample_reference_indices, which
+    DataLoader(batch_size=1, shuffle=True) yields (see sample_reference_indices, which
     runs exactly that inside fork_rng, leaving the caller's RNG state untouched).
     """
     if shots < 0:

@@ -24,20 +24,6 @@ from ..errors import MemoryBankError
 BANK_FORMAT = 1
 
 
-def sample_reference_indices(n: int, k: int, seed: int) -> list[int]:
-    """The official FADE choice of k references among n path-sorted train images for a seed.
-
-    The official code calls torch.manual_seed(seed) and takes the first k items a shuffling
-    DataLoader yields; we run exactly that, inside fork_rng so the caller's RNG is untouched.
-    """
-    if not 0 < k <= n:
-        raise ValueError(f"cannot choose {k} of {n} reference images")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        loader = torch.utils.data.DataLoader(range(n), batch_size=1, shuffle=True)
-        return [int(batch[0]) for batch, _ in zip(loader, range(k))]
-
-
 def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
     """½(1 − cos) from each query row to its k-th nearest bank row.
 
