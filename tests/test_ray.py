@@ -19,11 +19,9 @@ from PIL import Image
 
 from fade_cli.engines.ray import INSTALL_HINT, actor_resources
 
-from conftest import TINY_CONFIG, random_image
-from helpers import run as run_inprocess  # noqa: E402
-
-FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
-        "--seg-prompts", "winclip"]
+from conftest import random_image
+from helpers import ALFA, FAST, rows
+from helpers import run as run_inprocess
 TIMING = ("ms",)
 
 
@@ -77,6 +75,40 @@ def test_actor_sizing():
     assert actor_resources({"CPU": 32.0, "GPU": 4.0}, two_nodes, None, "cpu")[2] == 0.0
 
 
+def test_an_actor_answers_alfas_prompts_from_the_drivers_text_cache(tiny_backbone, tmp_path, monkeypatch):
+    """The driver builds ALFA's pipeline through its one text cache; that cache (memo included,
+    model left behind) is what an actor gets, and the actor's ALFA pipeline then encodes nothing."""
+    import pickle
+    import types
+
+    from fade_cli.engines import ray as ray_engine
+    from fade_cli.engines.runner import OutputSpec, ScorerSpec, build_pipeline
+    from fade_cli.methods import get_method
+    from fade_cli.methods.alfa import ALFA_FRAME
+    from fade_cli.model.backbone import Backbone
+    from fade_cli.prompts.text import TextEncoderCache
+
+    alfa = get_method("alfa")
+    spec = ScorerSpec(method="alfa", class_name="bottle", options=alfa.options({"windows": "2"}), model="fade-tiny",
+                      pretrained="none", device="cpu")
+    cache = TextEncoderCache(tiny_backbone, tmp_path, enabled=False)  # memory only: no disk copy to fall back on
+    driver = build_pipeline(spec, tiny_backbone, text_cache=cache)
+    (prompts,) = alfa.prompt_sets(spec.options, "bottle")
+    assert cache.key(list(prompts.texts), ALFA_FRAME) in cache.memo  # the driver's cache saw ALFA's prompts
+
+    payload = pickle.loads(pickle.dumps({"bank": None, "text_cache": cache, "model_config_text": None}))
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get=lambda ref: ref))  # the object store, no cluster
+
+    def no_text_encoder(self, texts):
+        raise AssertionError("an actor encoded prompts the driver had already encoded")
+
+    monkeypatch.setattr(Backbone, "encode_texts", no_text_encoder)
+    actor = ray_engine._Scorer(spec, OutputSpec(threshold=0.5, base=tmp_path), [payload], str(tmp_path), None)
+    images = [random_image(1), random_image(2)]
+    for mine, theirs in zip(driver(images), actor.pipeline(images)):
+        assert mine.score == theirs.score and np.array_equal(mine.map.numpy(), theirs.map.numpy())
+
+
 # ---- on a local Ray (pytest -m ray) ---------------------------------------------------------
 
 def _fade(cwd: Path, cache: Path, *args) -> tuple[int, str, str]:
@@ -89,10 +121,6 @@ def _fade(cwd: Path, cache: Path, *args) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-c", "from fade_cli.cli import main; main()", *args], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def _rows(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def _files(root: Path) -> set[str]:
@@ -120,9 +148,9 @@ def engines(tmp_path_factory):
     local = _fade(root, cache, *common, "--out", "out_local")
     ray = _fade(root, cache, *common, "--out", "out_ray", "--engine", "ray", "--actors", "2")
     # resume: one image's outputs incomplete, another never recorded
-    rows = _rows(ray[1])
-    stamps = {r["path"]: Path(root / r["outputs"]["map"]).stat().st_mtime_ns for r in rows}
-    (root / rows[2]["outputs"]["overlay"]).unlink()
+    ray_rows = rows(ray[1])
+    stamps = {r["path"]: Path(root / r["outputs"]["map"]).stat().st_mtime_ns for r in ray_rows}
+    (root / ray_rows[2]["outputs"]["overlay"]).unlink()
     manifest = root / "out_ray" / "manifest.jsonl"
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(lines[:-1]) + "\n")  # as if stopped before the last image was recorded
@@ -152,7 +180,7 @@ def test_ray_engine_same_exit_code_and_error_lines(engines):
 @pytest.mark.ray
 def test_ray_engine_same_rows_maps_and_files(engines):
     root = engines["root"]
-    local, ray = _rows(engines["local"][1]), _rows(engines["ray"][1])
+    local, ray = rows(engines["local"][1]), rows(engines["ray"][1])
     assert [r["path"] for r in ray] == [r["path"] for r in local] == \
         [f"imgs/a/part{i}.png" for i in range(5)] + [f"imgs/b/part{i}.png" for i in range(5, 8)]
     for lr, rr in zip(local, ray):
@@ -177,11 +205,11 @@ def test_ray_engine_same_rows_maps_and_files(engines):
 @pytest.mark.ray
 def test_ray_engine_resume_redoes_only_unfinished_images(engines):
     root = engines["root"]
-    first = _rows(engines["ray"][1])
+    first = rows(engines["ray"][1])
     code, stdout, stderr = engines["resumed"]
     assert code == 1 and _error_lines(stderr) == _error_lines(engines["ray"][2])
     assert [l for l in stderr.splitlines() if l.strip()] == _error_lines(stderr)  # -q: only the error lines
-    again = _rows(stdout)
+    again = rows(stdout)
     assert [r["path"] for r in again] == [r["path"] for r in first]  # complete, input order
     assert [r["score"] for r in again] == [r["score"] for r in first]
     redone = [i for i, r in enumerate(again)
@@ -189,3 +217,20 @@ def test_ray_engine_resume_redoes_only_unfinished_images(engines):
     assert redone == [2, len(first) - 1]
     manifest = [json.loads(l) for l in (root / "out_ray" / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == len(first) + 1 and not list((root / "out_ray").rglob("*.tmp"))
+
+
+@pytest.mark.ray
+def test_ray_engine_with_alfa_gives_the_local_rows(tmp_path):
+    pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'fade-cli[ray]')", exc_type=ImportError)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        random_image(300 + i).save(tmp_path / "imgs" / f"p{i}.png")
+    random_image(400).save(tmp_path / "good.png")
+    common = ["detect", "imgs", "--refs", "good.png", "--windows", "2", *ALFA]
+    local = _fade(tmp_path, tmp_path / "cache", *common)
+    ray = _fade(tmp_path, tmp_path / "cache-ray", *common, "--engine", "ray", "--actors", "1", "--no-cache")
+    assert local[0] == ray[0] == 0, (local[2], ray[2])
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in rows(local[1])]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in rows(ray[1])]
+    assert strip[0]["method"] == "alfa+r2" and strip[0]["shots"] == 1
+    assert not (tmp_path / "cache-ray").exists()  # --no-cache: the actor's prompts came with the driver's cache
