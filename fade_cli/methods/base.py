@@ -24,6 +24,7 @@ Method (the registry entry; stateless, picklable):
     scores_whole_batch     False: images are scored independently, in batches of --batch-size. True
                            (batch zero-shot methods such as MuSc): a score needs all images of a subset
                            at once, and the engines hand the whole subset to one embed/score call
+                           (its pipelines carry the same attribute; the runner and evaluation read it)
 
 Pipeline (one product class; FadePipeline, AlfaPipeline):
     method_label, banks    what result rows record ("fade", "filo[...]", "alfa+r2"; bank labels)
@@ -31,7 +32,8 @@ Pipeline (one product class; FadePipeline, AlfaPipeline):
     few_shot, reference_bank, backbone
     bank_layout            BankLayout: the scales and patch feature a reference bank must hold, and the
                            check of a bank against them. A method with its own vision backbone (a DINOv2
-                           few-shot method) returns a layout whose `check` and `embed` use that backbone
+                           few-shot method) returns a BankLayout subclass whose `check` and `embed` use
+                           that backbone (the CLIP backbone they are passed may then be ignored)
     embed_references(images, meta=None) -> MemoryBank      good images -> this method's reference bank
     use_reference_bank(bank)                                 check and keep a bank for scoring
     embed(images, extra_features=()) -> embeddings          opaque to callers; `extra_features` are patch
@@ -39,8 +41,8 @@ Pipeline (one product class; FadePipeline, AlfaPipeline):
                            serves every (shots, seed) run of an evaluation
     score(embeddings, reference_bank=None) -> list[Result]  maps on the patch grid, scores in [0, 1]
     few_shot_variant()     the same pipeline scoring with banks passed to `score`
-    explain(images) -> list[dict]                           per image, {state: [{text, similarity, kept,
-                           ...}]}: the image-level prompts with their cosine to the image embedding and
+    explain(images) -> list[dict]                           per image, {"banks": [...], state: [{text,
+                           similarity, kept, ...}]}: the image-level prompts with their cosine to the image embedding and
                            whether scoring kept them for this image (`fade explain`)
     __call__(images) = score(embed(images))
 
