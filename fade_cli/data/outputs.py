@@ -1,0 +1,175 @@
+"""Where a run writes, checked before any work: distinct output names, usable folders, one run at a time.
+
+- `plan_stems`: every input gets its own output stem under --out, deterministically, or the run is
+  refused up front. Stems mirror the input tree (same names in other folders stay apart); inputs
+  that would share a stem (`part.png` and `part.jpg`) keep their extension (`part.png.map.npy`,
+  `part.jpg.map.npy`); names still equal once case and Unicode normalization are ignored (as
+  on macOS, Windows and FAT/exFAT volumes) are refused, as is an output that would replace an
+  input or a folder another output needs.
+- `check_folder` / `check_file_destination`: an --out that exists as a file, lies under a file or
+  cannot be written is refused before the model loads.
+- `existing_outputs`: what a run would overwrite (refused without --overwrite or --resume).
+- `RunLock`: an advisory lock (flock) on a destination, so a second run on the same --out is
+  refused instead of interleaving files and manifest lines; the OS drops it when the process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from ..errors import UsageError
+from .inputs import normalized, shown
+
+NAME_MAX = 255  # bytes per file name on ext4, XFS, APFS, NTFS
+LOCK_NAME = ".fade.lock"
+
+
+def folded(path: Path | str) -> str:
+    """A name as case-insensitive, normalization-insensitive file systems compare it."""
+    return unicodedata.normalize("NFC", str(path)).casefold()
+
+
+def relative_input(path: Path, base: Path) -> Path:
+    """`path` relative to `base` (both normalized), or its whole absolute path without the root."""
+    path, base = normalized(path), normalized(base)
+    try:
+        return path.relative_to(base)
+    except ValueError:
+        return Path(*path.parts[1:])
+
+
+def common_base(paths: Iterable[Path]) -> Path:
+    """The deepest folder holding all `paths` (the current folder if there are none)."""
+    parents = [str(normalized(p).parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def plan_stems(paths: Sequence[Path], base: Path, out: Path, suffixes: Sequence[str]) -> tuple[dict[Path, Path], dict[Path, str]]:
+    """(input -> output stem relative to `out`, input -> why it cannot be written).
+
+    Raises UsageError, naming two inputs, when no distinct deterministic names exist."""
+    rel = {p: relative_input(p, base) for p in paths}
+    stems = {p: r.with_suffix("") if r.suffix else r for p, r in rel.items()}
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for p, s in stems.items():
+        groups[folded(s)].append(p)
+    for members in groups.values():
+        if len(members) > 1:  # part.png + part.jpg: keep the extension in the stem
+            for p in members:
+                stems[p] = rel[p]
+    owner: dict[str, Path] = {}
+    for p, s in stems.items():
+        key = folded(s)
+        if key in owner:
+            a, b = owner[key], p
+            raise UsageError(
+                f"{shown(a)} and {shown(b)} would write the same outputs under {shown(out)} (their names differ only in "
+                f"case or Unicode normalization); rename one or score them in separate runs"
+            )
+        owner[key] = p
+    files = {folded(s.parent / (s.name + suf)): p for p, s in stems.items() for suf in suffixes}
+    for p, s in stems.items():
+        for parent in list(s.parents)[:-1]:
+            if folded(parent) in files:
+                raise UsageError(f"outputs of {shown(files[folded(parent)])} would take the name of the folder "
+                                 f"{shown(out / parent)} that the outputs of {shown(p)} need; rename one")
+    out_real = Path(os.path.realpath(out))  # through symlinks: --out may name an input folder another way
+    inputs = {folded(os.path.realpath(p)): p for p in paths}
+    for p, s in stems.items():
+        for suf in suffixes:
+            target = folded(out_real / s.parent / (s.name + suf))
+            if target in inputs:
+                raise UsageError(f"--out {shown(out)}: the outputs of {shown(p)} would overwrite the input "
+                                 f"{shown(inputs[target])}; choose another --out")
+    longest = max(suffixes, key=len)
+    errors = {p: f"output name {shown(s.name + longest)} is longer than {NAME_MAX} bytes; rename the input"
+              for p, s in stems.items() if len(os.fsencode(s.name + longest)) > NAME_MAX}
+    return stems, errors
+
+
+def output_files(stems: Mapping[Path, Path], out: Path, suffixes: Sequence[str]) -> list[Path]:
+    return [out / s.parent / (s.name + suf) for s in stems.values() for suf in suffixes]
+
+
+def existing_outputs(stems: Mapping[Path, Path], out: Path, suffixes: Sequence[str]) -> list[Path]:
+    """The planned output files that exist already (a run would replace them)."""
+    return [f for f in output_files(stems, out, suffixes) if os.path.lexists(f)]
+
+
+def _first_existing(path: Path) -> Path:
+    here = path
+    while not os.path.lexists(here) and here != here.parent:
+        here = here.parent
+    return here
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """Refuse, before any work, a folder that is a file, lies under a file or cannot be written."""
+    p = normalized(path)
+    if os.path.lexists(p):
+        if not p.exists():
+            raise UsageError(f"{flag} {shown(path)}: is a dangling symlink")
+        if not p.is_dir():
+            raise UsageError(f"{flag} {shown(path)}: exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {shown(path)}: the folder is not writable")
+        return
+    _check_creatable(p, path, flag)
+
+
+def check_file_destination(path: Path, flag: str) -> None:
+    """Refuse, before any work, a file destination that is a folder or whose folder cannot be written."""
+    p = normalized(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {shown(path)}: is a folder, not a file")
+    if os.path.lexists(p):
+        if not os.access(p.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {shown(path)}: its folder is not writable")
+        return
+    _check_creatable(p, path, flag)
+
+
+def _check_creatable(p: Path, shown_as: Path, flag: str) -> None:
+    anchor = _first_existing(p.parent)
+    if not anchor.exists():
+        raise UsageError(f"{flag} {shown(shown_as)}: {shown(anchor)} is a dangling symlink")
+    if not anchor.is_dir():
+        raise UsageError(f"{flag} {shown(shown_as)}: {shown(anchor)} is not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {shown(shown_as)}: cannot create it, {shown(anchor)} is not writable")
+
+
+class RunLock:
+    """Exclusive advisory lock on a destination for the life of a run (no-op where flock is missing)."""
+
+    def __init__(self, lock_file: Path, flag: str, destination: Path):
+        self.lock_file, self.flag, self.destination = lock_file, flag, destination
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; concurrent runs are not detected there
+            return self
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise UsageError(f"{self.flag} {shown(self.destination)}: another fade run"
+                             f"{f' (pid {holder})' if holder else ''} is writing there; wait for it or use another {self.flag}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock; the file stays (unlinking it would race)
+            self._fd = None
