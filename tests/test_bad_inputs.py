@@ -18,29 +18,28 @@ import numpy as np
 import pytest
 import torch
 
-from fade_cli.cli import main
-
+import helpers
 from conftest import TINY_CONFIG, random_image
-from test_io import make_corpus
+from helpers import FAST, make_corpus, rows
 
-FAST = ["--model", str(TINY_CONFIG), "--pretrained", "none", "--device", "cpu", "--scales", "32,64", "--cls-scale", "32",
-        "--seg-prompts", "winclip"]
 NO_MODEL = ["--model", "no-such-model", *FAST[2:]]  # loading it fails: an error about anything else came first
 
 
-def run(capsys, monkeypatch, *args, stdin: bytes | None = None, cache=None):
-    monkeypatch.setattr(sys, "argv", ["fade", *args])
-    monkeypatch.setenv("FADE_CACHE_DIR", str(cache or Path(os.environ.get("TMPDIR", "/tmp")) / "fade-test-cache"))
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("text-cache")  # one text-embedding cache for the module's runs
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(monkeypatch, text_cache):
+    monkeypatch.setenv("FADE_CACHE_DIR", str(text_cache))
+
+
+def run(capsys, monkeypatch, *args, stdin: bytes | None = None):
+    """helpers.run, with `stdin` bytes as the standard input."""
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def rows(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return helpers.run(capsys, monkeypatch, *args)
 
 
 def one_error_line(stderr: str) -> str:
@@ -51,7 +50,8 @@ def one_error_line(stderr: str) -> str:
 
 def refused(capsys, monkeypatch, *args, message: str, stdin: bytes | None = None) -> None:
     """Exit 2 with one line holding `message`, decided before the model loads, nothing on stdout."""
-    code, stdout, stderr = run(capsys, monkeypatch, *args, *NO_MODEL, stdin=stdin)
+    model = NO_MODEL[:6] if args[0] == "bank" else NO_MODEL
+    code, stdout, stderr = run(capsys, monkeypatch, *args, *model, stdin=stdin)
     line = one_error_line(stderr)
     assert code == 2 and stdout == "" and message in line, stderr
     assert "no-such-model" not in line
@@ -69,8 +69,10 @@ def test_part_png_and_part_jpg_get_distinct_deterministic_outputs(capsys, monkey
     assert code == 0, stderr
     maps = {Path(r["path"]).name: Path(r["outputs"]["map"]).name for r in rows(stdout)}
     assert maps == {"part.png": "part.png.map.npy", "part.jpg": "part.jpg.map.npy", "other.png": "other.map.npy"}
-    first, second = (np.load(out / maps[n]) for n in ("part.png", "part.jpg"))
-    assert not np.array_equal(first, second)  # two images' maps, neither overwritten
+    from PIL import Image
+
+    first, second = (np.asarray(Image.open(out / maps[n].replace(".map.npy", ".overlay.png"))) for n in ("part.png", "part.jpg"))
+    assert not np.array_equal(first, second)  # the two images' overlays, neither overwritten
     code, again, _ = run(capsys, monkeypatch, *args, "--overwrite")
     assert code == 0 and [r["outputs"] for r in rows(again)] == [r["outputs"] for r in rows(stdout)]
 
@@ -148,7 +150,7 @@ def test_bank_from_other_weights_of_the_same_model_is_refused(capsys, monkeypatc
     assert code == 0, stderr
     assert len(json.loads(run(capsys, monkeypatch, "bank", "info", str(bank))[1])["weights_fingerprint"]) == 64
     other = [a if a != "none" else str(_checkpoint_with_one_deep_change(tmp_path / "other.pt")) for a in FAST]
-    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(bank), *other)
+    code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(bank), "-q", *other)
     assert code == 2 and stdout == "" and "other weights" in one_error_line(stderr)
     code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "--bank", str(bank), "-q", *FAST)
     assert code == 0 and len(rows(stdout)) == 3, stderr
@@ -241,7 +243,8 @@ def test_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(capsys, m
     refused(capsys, monkeypatch, "bank", "build", str(image_dir), "-o", str(f), message="exists already")
     (tmp_path / "ro").mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).startswith(str(tmp_path / "ro")) else real_access(p, mode, **kw))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and str(p).startswith(str(tmp_path / "ro"))
+                        else real_access(p, mode, **kw))  # root writes anywhere: simulate a read-only folder
     refused(capsys, monkeypatch, "segment", img, "--out", str(tmp_path / "ro"), message="not writable")
     refused(capsys, monkeypatch, "segment", img, "--out", str(tmp_path / "ro" / "new"), message="not writable")
 

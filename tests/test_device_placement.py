@@ -83,6 +83,7 @@ def test_image_path_stays_on_the_model_device(tiny_backbone, tmp_path, monkeypat
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake_cuda = dataclasses.replace(tiny_backbone, model=model.to("cuda"), device=torch.device("cuda"))
         fake_cuda._fingerprint = tiny_backbone.weights_id  # the fingerprint reads weight values
+        fake_cuda._full_fingerprint = tiny_backbone.weights_fingerprint
         cache = TextEncoderCache(fake_cuda, tmp_path)
         pipeline = make(method, fake_cuda, cache, bank, refs, saved)
         assert cache.hits and not cache.misses  # text embeddings from the CPU run's cache

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
+from ..data.inputs import scan_inputs, shown
+from ..data.io import DEFAULT_MAX_PIXELS, load_image
+from ..data.outputs import check_file_destination
 from ..errors import ImageError, UsageError
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     ClassOpt, DeviceOpt, ImagesArg, MaxPixelsOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, ScalesOpt,
-    SeedOpt, ShotsOpt, log, parse_scales, resolve_model_name,
+    SeedOpt, ShotsOpt, VerboseOpt, log, parse_scales, report_skipped, resolve_model_name,
 )
 
 
@@ -34,7 +37,9 @@ def bank_build(
     scales: ScalesOpt = "240,448,896",
     feature: Annotated[str, typer.Option("--feature", help="Patch features stored: clip (FADE few-shot) or gem.")] = "clip",
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bank file.")] = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed good reference images once and save them; reuse with `--bank FILE`.
 
@@ -45,7 +50,12 @@ def bank_build(
 
     if feature not in ("clip", "gem"):
         raise UsageError(f"--feature {feature}: expected clip or gem")
-    items = expand_inputs(images)
+    check_file_destination(output, "--output")
+    if os.path.lexists(output) and not overwrite:
+        raise UsageError(f"--output {shown(output)}: exists already; pass --overwrite to replace it")
+    scanned = scan_inputs(images)
+    report_skipped(scanned, verbose)
+    items = scanned.items
     bad = [i for i in items if i.error]
     if bad:
         raise UsageError(f"{bad[0].path}: {bad[0].error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data.io import InputItem, expand_inputs
+from ..data.inputs import InputItem, Inputs, scan_inputs, shown
 from ..errors import UsageError
 from ..methods import method_help
 from ..methods.base import parse_scales, split_list  # noqa: F401 - the commands' parsing helpers
@@ -28,7 +29,44 @@ class Failures:
 
     def report(self, path: Path | str, reason: str) -> None:
         self.count += 1
-        print(f"fade: {path}: {reason}", file=sys.stderr, flush=True)
+        print(f"fade: {shown(path)}: {reason}", file=sys.stderr, flush=True)
+
+
+def report_skipped(inputs: Inputs, verbose: bool) -> None:
+    """Files the input folders hold but that are not read: a count by reason, each with -v.
+    Printed even with -q: a skipped file is never silent (docs/limits.md)."""
+    summary = inputs.summary()
+    if summary is None:
+        return
+    if verbose:
+        for s in inputs.skipped:
+            print(f"fade: skipped {shown(s.path)}: {s.reason}", file=sys.stderr)
+    print(f"fade: {summary}{'' if verbose else '; -v lists them'}", file=sys.stderr, flush=True)
+
+
+def checked_number(value: float | str, flag: str, low: float | None = None, high: float | None = None,
+                   allow_auto: bool = False) -> float | str:
+    """A finite number in [low, high], or the word 'auto' where `allow_auto`; else a usage error.
+
+    Click's float ranges let nan through (every comparison with nan is false), so each float
+    option that reaches a method passes here; a str value (an option that also takes a word)
+    is parsed here too."""
+    if allow_auto and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} {value}: expected a number{' or auto' if allow_auto else ''}") from None
+    text = value if isinstance(value, str) else f"{number:g}"
+    if not math.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+        if low is not None and high is not None:
+            wanted = f"a finite number between {low:g} and {high:g}"
+        elif low is not None:
+            wanted = f"a finite number of at least {low:g}"
+        else:
+            wanted = "a finite number"
+        raise UsageError(f"{flag} {text}: expected {wanted}{' or auto' if allow_auto else ''}")
+    return number
 
 
 # ---- shared options -------------------------------------------------------------------------
@@ -59,6 +97,8 @@ MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse i
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip images the manifest records as finished (their outputs still present); their recorded lines are printed again.")]
 ManifestOpt = Annotated[Optional[Path], typer.Option("--manifest", help="JSONL record of finished images, for --resume. Default for segment: OUT/manifest.jsonl.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines on stderr (errors are still printed).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also list each file the input folders hold that is not read, with the reason (a count is always printed).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that exist already (without it a run that would replace any is refused; --resume keeps finished ones).")]
 # scale-out options (docs/scale-out.md)
 EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray Data actors on a local or existing Ray cluster; needs pip install \"fade-cli[ray]\"). Same rows, files and exit codes.")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: 'auto' or HOST:PORT joins a running cluster (ray start --head). Default: the cluster `ray start` runs on this machine ($RAY_ADDRESS), else a new local Ray for this run.", show_default=False)]
@@ -110,8 +150,10 @@ def _next_sibling(path: Path) -> Path | None:
     return siblings[here + 1] if 0 <= here < len(siblings) - 1 else None
 
 
-def reference_paths(refs: list[str], shots: int | None, seed: int, images: list[InputItem]) -> list[Path]:
-    items = expand_inputs(refs)
+def reference_paths(refs: list[str], shots: int | None, seed: int, images: list[InputItem], verbose: bool = False) -> list[Path]:
+    scanned = scan_inputs(refs)
+    report_skipped(scanned, verbose)
+    items = scanned.items
     bad = [i for i in items if i.error]
     if bad:
         raise UsageError(f"--refs {bad[0].path}: {bad[0].error}")
@@ -132,6 +174,17 @@ def reference_paths(refs: list[str], shots: int | None, seed: int, images: list[
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
         paths = [paths[i] for i in sample_reference_indices(len(paths), shots, seed)]
     return paths
+
+
+# float flags whose value must be finite and in range (click's min/max let nan through)
+FLOAT_FLAGS = {"vision_multiplier": ("--vision-multiplier", 0.0, None), "vision_weight": ("--vision-weight", 0.0, 1.0),
+               "object_prior": ("--object-prior", 0.0, 1.0), "smooth": ("--smooth", 0.0, None)}
+
+
+def check_float_flags(values: dict) -> None:
+    for name, (flag, low, high) in FLOAT_FLAGS.items():
+        if values.get(name) is not None:
+            checked_number(values[name], flag, low, high)
 
 
 def _flag_spelling(ctx, param) -> str:
@@ -166,6 +219,7 @@ def scorer_spec(ctx, method_name: str, class_name: str, model: str, pretrained: 
 
     method = get_method(method_name)
     refuse_inapplicable_flags(ctx, method)
+    check_float_flags(values)
     options = method.options({k: v for k, v in values.items() if k in method.flags}, map_size)
     model_config = Path(model).absolute() if model.endswith(".json") else None
     return ScorerSpec(method=method.name, class_name=class_name, options=options, model=resolve_model_name(model),

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..data.io import DEFAULT_MAX_PIXELS, Manifest, common_base, expand_inputs, load_image
+from ..data.inputs import scan_inputs, shown
+from ..data.io import DEFAULT_MAX_PIXELS, Manifest, load_image
+from ..data.outputs import common_base, prepare_writes
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
     Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
-    NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
-    QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
-    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
+    NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, OverwriteOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
+    PromptFilterOpt, QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt,
+    ShotsOpt, SmoothOpt, ThresholdOpt, VerboseOpt, VisFeatOpt, WeightOpt, WindowsOpt, checked_number, log,
+    progress_bar, reference_paths, report_skipped, scorer_spec,
 )
 
 
-def _run(
+def _run(ctx, **options) -> int:
+    """`_score`, with the destinations it locks released at the end whatever happens."""
+    with contextlib.ExitStack() as held:
+        return _score(ctx, held=held, **options)
+
+
+def _score(
     ctx,
     *,
+    held: contextlib.ExitStack,
     images: list[str],
     class_name: str,
     refs: list[str] | None,
@@ -50,12 +62,17 @@ def _run(
     engine: str = "local",
     ray_address: str | None = None,
     actors: int | None = None,
+    verbose: bool = False,
+    overwrite: bool = False,
     **method_values,
 ) -> int:
     """detect / segment: inputs -> rows on stdout (and files under `out`); the exit status."""
-    from ..engines.runner import OutputSpec, build_pipeline, load_spec_backbone, score_paths
+    from ..engines.runner import OUTPUT_SUFFIXES, OutputSpec, build_pipeline, load_spec_backbone, score_paths
     from ..prompts.text import TextEncoderCache
 
+    threshold = checked_number(threshold, "--threshold", 0.0, 1.0)
+    if out is not None:
+        pixel_threshold = checked_number(pixel_threshold, "--pixel-threshold", 0.0, 1.0)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine}: expected local or ray")
     if engine == "ray":
@@ -64,19 +81,31 @@ def _run(
         require_ray()  # before any work: without the extra, one line saying how to install it
     elif ray_address is not None or actors is not None:
         raise UsageError("--ray-address and --actors need --engine ray")
-    items = expand_inputs(images)
+    scanned = scan_inputs(images, exclude=[out] if out is not None else ())
+    items = scanned.items
     if not items:
         raise UsageError("no input images given")
-    failures = Failures()
-    for item in items:
-        if item.error:
-            failures.report(item.path, item.error)
+    report_skipped(scanned, verbose)
     todo = [i.path for i in items if not i.error]
-    ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
+    ref_paths = reference_paths(refs, shots, shots_seed, items, verbose) if refs else []
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
 
     spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
+    if manifest is None and out is not None:
+        manifest = out / "manifest.jsonl"
+    if resume and manifest is None:
+        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
+    # destinations checked, output names planned and locked before the model loads (data/outputs.py)
+    stems, unwritable = prepare_writes(held, todo, out, manifest, OUTPUT_SUFFIXES, overwrite, resume)
+    failures = Failures()  # per-input problems, reported once nothing refuses the whole run
+    for item in items:
+        if item.error:
+            failures.report(item.path, item.error)
+    for p in todo:
+        if p in unwritable:
+            failures.report(p, unwritable[p])
+    todo = [p for p in todo if p not in unwritable]
 
     t0 = time.perf_counter()
     backbone = load_spec_backbone(spec)
@@ -101,17 +130,16 @@ def _run(
         reference_bank = pipeline.embed_references(ref_images, meta={"class": class_name, "images": [str(p) for p in ref_paths]})
     if reference_bank is not None:
         pipeline.use_reference_bank(reference_bank)
+    if bank is not None and not reference_bank.has_fingerprint:
+        print(f"fade: note: {shown(bank)} has no weights fingerprint (written by an older fade), so only a partial weights "
+              f"id was checked; rebuild it with `fade bank build` to have the weights checked in full", file=sys.stderr)
     log(quiet, f"ready in {time.perf_counter() - t0:.1f} s ({pipeline.method_label}, "
                 f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
 
-    output = OutputSpec(threshold=threshold, base=common_base(todo) if todo else Path.cwd(), out=out,
+    output = OutputSpec(threshold=threshold, base=common_base(todo), out=out,
                         pixel_threshold=pixel_threshold, max_pixels=max_pixels,
-                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0)
-    if manifest is None and out is not None:
-        manifest = out / "manifest.jsonl"
-    if resume and manifest is None:
-        raise UsageError("--resume needs --manifest FILE (or --out for segment)")
+                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0, stems=stems)
     record = None
     finished: dict[str, dict] = {}
     if manifest is not None:
@@ -122,6 +150,8 @@ def _run(
                     "references": reference_bank.meta.get("images") if reference_bank else None}
         record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
         finished = record.finished() if resume else {}
+        if overwrite and not resume:
+            record.restart()
     already = {p for p in todo if str(p.absolute()) in finished}
     if already:
         log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
@@ -201,6 +231,8 @@ def detect(
     resume: ResumeOpt = False,
     manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    overwrite: OverwriteOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
@@ -250,6 +282,8 @@ def segment(
     resume: ResumeOpt = False,
     manifest: ManifestOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    overwrite: OverwriteOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,

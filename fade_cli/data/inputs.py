@@ -157,7 +157,9 @@ def scan_inputs(specs: Iterable[str], stdin: TextIO | BinaryIO | None = None,
         if from_list and not os.path.lexists(spec) and os.path.lexists(spec.strip()):
             path = Path(spec.strip())  # a list with stray spaces around a name that has none
         if path.is_dir():
-            found = _walk(path, exclude, result)
+            # --out inside this folder holds fade's outputs: not inputs (--out == this folder is allowed)
+            inner = [e for e in exclude if normalized(path) in e.parents]
+            found = _walk(path, inner, result)
             if not found:
                 add(InputItem(path, f"directory contains no images ({', '.join(IMAGE_EXTENSIONS)})"))
             for p in found:

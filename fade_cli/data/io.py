@@ -1,4 +1,4 @@
-"""Input and output: image reading that fails one file at a time, input expansion, atomic writers.
+"""Input and output: image reading that fails one file at a time, atomic writers, the --resume manifest.
 
 Every problem with one input becomes an `ImageError` whose message names the problem (the
 caller adds the path), so a batch can go on with the other files. Outputs are written to a
@@ -9,81 +9,30 @@ leaves a half-written file under its final name.
 from __future__ import annotations
 
 import contextlib
-import glob
+import itertools
 import json
 import os
-import sys
+import stat
 import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TextIO, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, UsageError
+from .inputs import IMAGE_EXTENSIONS, InputItem, expand_inputs  # noqa: F401 - the input side lives there
+from .outputs import common_base, relative_input  # noqa: F401
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k × 10k; raise with --max-pixels
 MIN_SIDE = 16  # one ViT patch: smaller images hold no patch of real content
 ALPHA_BACKGROUND = (0, 0, 0)  # transparent pixels are composited onto black
-
-
-@dataclass(frozen=True)
-class InputItem:
-    """One thing the user named: a readable path, or an error to report for it."""
-
-    path: Path
-    error: str | None = None
-
-
-def expand_inputs(specs: Iterable[str], stdin: TextIO | None = None) -> list[InputItem]:
-    """Files, globs, directories (recursive, image extensions only) and '-' (paths on stdin).
-
-    Order is deterministic: the order of `specs`, each glob or directory sorted; duplicates
-    are dropped. Names that match nothing become error items.
-    """
-    items: list[InputItem] = []
-    seen: set[Path] = set()
-
-    def add(item: InputItem) -> None:
-        key = item.path.absolute()
-        if item.error is None and key in seen:
-            return
-        seen.add(key)
-        items.append(item)
-
-    for spec in specs:
-        if spec == "-":
-            for line in (stdin or sys.stdin):
-                if line.strip():
-                    for item in expand_inputs([line.rstrip("\n")]):
-                        add(item)
-            continue
-        path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not found:
-                add(InputItem(path, f"directory contains no images ({', '.join(IMAGE_EXTENSIONS)})"))
-            for p in found:
-                add(InputItem(p))
-        elif path.exists() or path.is_symlink():
-            add(InputItem(path))
-        elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            if not found:
-                add(InputItem(path, "pattern matches no files"))
-            for p in found:
-                add(InputItem(p))
-        else:
-            add(InputItem(path, "no such file or directory"))
-    return items
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -146,14 +95,16 @@ def _pixel_limit(max_pixels: int):
 def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read an image file as RGB, or raise ImageError saying what is wrong with it."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except OSError as exc:
         raise ImageError(f"cannot access ({exc.strerror or exc.__class__.__name__})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise ImageError("is a directory")
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block; a device never ends
+        raise ImageError("not a regular file (FIFO, socket or device)")
+    if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
         with _pixel_limit(max_pixels), Image.open(path) as im:
@@ -199,12 +150,21 @@ def read_ahead(items: Iterable[T], read: Callable[[T], R], ahead: int = 16,
 _END = object()
 
 
+_tmp_counter = itertools.count()
+
+
+def temporary_name(path: Path) -> Path:
+    """A short hidden name beside `path`, unique per process, thread and call: two writers never
+    share one, and it stays short whatever the length of `path`'s name."""
+    return path.with_name(f".fade-{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             write(fh)
         os.replace(tmp, path)
     finally:
@@ -238,20 +198,10 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.5) -> 
 
 
 def output_stem(path: Path, base: Path) -> Path:
-    """Where an input's outputs go, relative to --out: its path under `base`, suffix dropped.
-
-    Mirroring the input tree keeps outputs of same-named inputs in different folders apart.
-    """
-    try:
-        rel = path.absolute().relative_to(base)
-    except ValueError:
-        rel = Path(*[p for p in path.absolute().parts[1:]])
-    return rel.with_suffix("")
-
-
-def common_base(paths: Iterable[Path]) -> Path:
-    parents = [str(p.absolute().parent) for p in paths]
-    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    """An input's path under `base`, suffix dropped: where its outputs go with no collision in
+    the run (`data.outputs.plan_stems` gives the stems of a whole run)."""
+    rel = relative_input(path, base)
+    return rel.with_suffix("") if rel.suffix else rel
 
 
 class Manifest:
@@ -292,6 +242,11 @@ class Manifest:
             fh.write(json.dumps({**row, "input": str(input_path.absolute()), "settings": self.fingerprint}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def restart(self) -> None:
+        """Start an empty record (--overwrite: the outputs it listed are being replaced)."""
+        if os.path.lexists(self.path):
+            atomic_write(self.path, lambda fh: None)
 
     def _drop_torn_tail(self) -> None:
         if not self.path.is_file() or self.path.stat().st_size == 0:

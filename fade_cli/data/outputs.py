@@ -9,12 +9,14 @@
 - `check_folder` / `check_file_destination`: an --out that exists as a file, lies under a file or
   cannot be written is refused before the model loads.
 - `existing_outputs`: what a run would overwrite (refused without --overwrite or --resume).
+- `prepare_writes`: all of the above for one `detect`/`segment` run.
 - `RunLock`: an advisory lock (flock) on a destination, so a second run on the same --out is
   refused instead of interleaving files and manifest lines; the OS drops it when the process ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import unicodedata
 from collections import defaultdict
@@ -173,3 +175,28 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock; the file stays (unlinking it would race)
             self._fd = None
+
+
+def prepare_writes(held: contextlib.ExitStack, todo: Sequence[Path], out: Path | None, manifest: Path | None,
+                   suffixes: Sequence[str], overwrite: bool, resume: bool) -> tuple[dict[Path, Path] | None, dict[Path, str]]:
+    """Everything about a scoring run's destinations, before the model loads: check --out and
+    --manifest, give every input distinct output names (or refuse), lock the destinations for the
+    life of `held`, and refuse to replace existing outputs without --overwrite or --resume.
+
+    Returns (input -> output stem under `out`, None without `out`; input -> why it cannot be written)."""
+    if out is not None:
+        check_folder(out, "--out")
+    if manifest is not None:
+        check_file_destination(manifest, "--manifest")
+    stems, errors = None, {}
+    if out is not None:
+        stems, errors = plan_stems(todo, common_base(todo), out, suffixes)
+        held.enter_context(RunLock(out / LOCK_NAME, "--out", out))
+    if manifest is not None and (out is None or normalized(out) not in normalized(manifest).parents):
+        held.enter_context(RunLock(manifest.with_name(f".{manifest.name}.lock"), "--manifest", manifest))
+    if stems and not (overwrite or resume):
+        existing = existing_outputs(stems, out, suffixes)
+        if existing:
+            raise UsageError(f"--out {shown(out)}: {len(existing)} output file(s) exist already, e.g. {shown(existing[0])}; "
+                             f"pass --overwrite to replace them, or --resume to keep the finished ones")
+    return stems, errors

@@ -18,6 +18,8 @@ from ..data.io import DEFAULT_MAX_PIXELS, load_image, output_stem, overlay, read
 from ..errors import ImageError
 from ..methods import get_method
 
+OUTPUT_SUFFIXES = (".map.npy", ".overlay.png", ".mask.png")  # what `segment` writes per image
+
 
 @dataclass(frozen=True)
 class ScorerSpec:
@@ -43,6 +45,7 @@ class OutputSpec:
     pixel_threshold: float = 0.5
     max_pixels: int = DEFAULT_MAX_PIXELS
     shots: int = 0
+    stems: dict | None = None  # input -> output stem under `out` (data.outputs.plan_stems); else mirrored
 
 
 @dataclass
@@ -104,8 +107,8 @@ def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
             }
             if output.out is not None:
                 try:
-                    row.update(write_segmentation(output.out, output_stem(p, output.base), loaded[p], res.map,
-                                                  output.pixel_threshold))
+                    stem = output.stems[p] if output.stems is not None else output_stem(p, output.base)
+                    row.update(write_segmentation(output.out, stem, loaded[p], res.map, output.pixel_threshold))
                 except OSError as exc:
                     outcomes[p].error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
                     continue
@@ -147,11 +150,7 @@ def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: 
     w, h = image.size
     full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
     base = out / stem
-    paths = {
-        "map": base.with_name(base.name + ".map.npy"),
-        "overlay": base.with_name(base.name + ".overlay.png"),
-        "mask": base.with_name(base.name + ".mask.png"),
-    }
+    paths = {kind: base.with_name(base.name + suffix) for kind, suffix in zip(("map", "overlay", "mask"), OUTPUT_SUFFIXES)}
     mask = full >= pixel_threshold
     try:
         save_npy(paths["map"], full)

@@ -196,6 +196,7 @@ def build_reference_bank(
     info = {
         "model": backbone.model_name,
         "weights_id": backbone.weights_id,
+        "weights_fingerprint": backbone.weights_fingerprint,
         "feature": feature,
         "n_images": len(images),
         "fade_version": __version__,

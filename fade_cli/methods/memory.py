@@ -12,13 +12,13 @@ allow_pickle=False, holding float arrays and the metadata as a JSON string.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.io import atomic_write
 from ..errors import MemoryBankError
 
 BANK_FORMAT = 1
@@ -50,15 +50,29 @@ class MemoryBank:
     """Reference patch embeddings per scale, with what produced them."""
 
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
-    meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
+    meta: dict = field(default_factory=dict)  # model, weights_id, weights_fingerprint, feature, class, images, fade version
+
+    @property
+    def has_fingerprint(self) -> bool:
+        """False for banks written before the full weights fingerprint was recorded."""
+        return "weights_fingerprint" in self.meta
 
     def check_compatible(self, backbone, scales, feature: str) -> None:
-        """Refuse a bank built with other weights, without these scales, or of another feature kind."""
+        """Refuse a bank built with other weights, without these scales, or of another feature kind.
+
+        Weights are compared by the full fingerprint; a bank without one (older fade) by the
+        partial `weights_id` it recorded, which misses changes outside the tensors it samples."""
         meta = self.meta
         if meta.get("model") != backbone.model_name or meta.get("weights_id") != backbone.weights_id:
             raise MemoryBankError(
                 f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
                 f"not {backbone.model_name} (weights {backbone.weights_id})"
+            )
+        if self.has_fingerprint and meta["weights_fingerprint"] != backbone.weights_fingerprint:
+            raise MemoryBankError(
+                f"reference bank was built with other weights of {backbone.model_name} (fingerprint "
+                f"{meta['weights_fingerprint'][:16]}, this model's is {backbone.weights_fingerprint[:16]}); "
+                f"rebuild it with `fade bank build` and these weights"
             )
         missing = sorted(set(scales) - set(self.patches))
         if missing:
@@ -89,13 +103,7 @@ class MemoryBank:
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> "MemoryBank":

@@ -198,6 +198,7 @@ class Backbone:
     # starts empty instead of sharing tensors that live on the original's device
     _pos_cache: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _full_fingerprint: str | None = field(default=None, init=False, repr=False)
 
     @property
     def patch_size(self) -> int:
@@ -221,6 +222,16 @@ class Backbone:
                 h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """The full fingerprint of every parameter and buffer (model.fingerprint); what reference
+        banks record. About 0.5 s for ViT-B-16-plus-240 on 2 cores, then cached."""
+        from .fingerprint import weights_fingerprint
+
+        if self._full_fingerprint is None:
+            self._full_fingerprint = weights_fingerprint(self.model)
+        return self._full_fingerprint
 
     def _autocast(self):
         # Autocast on the backbone's own device type: CUDA, or CPU for --precision bf16 (and for
