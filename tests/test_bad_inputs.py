@@ -50,7 +50,7 @@ def one_error_line(stderr: str) -> str:
 
 def refused(capsys, monkeypatch, *args, message: str, stdin: bytes | None = None) -> None:
     """Exit 2 with one line holding `message`, decided before the model loads, nothing on stdout."""
-    model = NO_MODEL[:6] if args[0] == "bank" else NO_MODEL
+    model = NO_MODEL[:6] if args[0] in ("bank", "eval") else NO_MODEL
     code, stdout, stderr = run(capsys, monkeypatch, *args, *model, stdin=stdin)
     line = one_error_line(stderr)
     assert code == 2 and stdout == "" and message in line, stderr
@@ -135,7 +135,7 @@ def _checkpoint_with_one_deep_change(path: Path) -> Path:
     """The tiny random weights with one value changed deep in the vision tower: same model name."""
     import open_clip
 
-    from fade_cli.backbone import load_backbone
+    from fade_cli.model.backbone import load_backbone
 
     open_clip.add_model_config(TINY_CONFIG)
     state = {k: v.clone() for k, v in load_backbone("fade-tiny", "none", "cpu").model.state_dict().items()}
@@ -196,7 +196,7 @@ def test_skipped_files_are_counted_and_listed_with_verbose(capsys, monkeypatch, 
     os.mkfifo(image_dir / "pipe.png")
     code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "-q", *FAST)
     assert code == 0 and len(rows(stdout)) == 3
-    assert one_error_line(stderr) == ("fade: 4 file(s) in the input folders not read (2 extension not read, 1 dangling symlink, "
+    assert one_error_line(stderr) == ("fade: 4 file(s) in input folders or globs not read (2 extension not read, 1 dangling symlink, "
                                       "1 not a regular file); -v lists them")
     code, stdout, stderr = run(capsys, monkeypatch, "detect", str(image_dir), "-q", "-v", *FAST)
     listed = sorted(l for l in stderr.splitlines() if l.startswith("fade: skipped "))
@@ -238,9 +238,12 @@ def test_out_that_cannot_be_a_folder_is_refused_before_the_model_loads(capsys, m
     img = str(image_dir / "img0.png")
     refused(capsys, monkeypatch, "segment", img, "--out", str(f), message="exists and is not a folder")
     refused(capsys, monkeypatch, "segment", img, "--out", str(f / "sub"), message=f"{f} is not a folder")
+    (tmp_path / "new\nline").write_text("x")  # the name is escaped: the refusal stays one line
+    refused(capsys, monkeypatch, "segment", img, "--out", str(tmp_path / "new\nline"), message="new\\nline: exists and is not a folder")
     refused(capsys, monkeypatch, "detect", img, "--manifest", str(tmp_path), message="is a folder, not a file")
     refused(capsys, monkeypatch, "bank", "build", str(image_dir), "-o", str(tmp_path), message="is a folder, not a file")
     refused(capsys, monkeypatch, "bank", "build", str(image_dir), "-o", str(f), message="exists already")
+    refused(capsys, monkeypatch, "eval", str(tmp_path), "--out", str(f), message="exists and is not a folder")
     (tmp_path / "ro").mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and str(p).startswith(str(tmp_path / "ro"))

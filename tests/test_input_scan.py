@@ -48,7 +48,7 @@ def test_folder_skips_are_all_reported(tmp_path):
                        ".hidden.png": "hidden name", "dangling.png": "dangling symlink",
                        "linked": "symlink to a folder (not followed)",
                        "pipe.png": "not a regular file (FIFO, socket or device)"}
-    assert res.summary() == ("6 file(s) in the input folders not read (2 extension not read, 1 dangling symlink, "
+    assert res.summary() == ("6 file(s) in input folders or globs not read (2 extension not read, 1 dangling symlink, "
                              "1 hidden name, 1 not a regular file, 1 symlink to a folder)")
 
 

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
+from ..data.inputs import shown
 from ..errors import FadeError
 from . import bank, demo, explain, prompts, score
 from . import eval as eval_commands
@@ -83,7 +84,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except FadeError as exc:
-        print(f"fade: error: {exc}", file=sys.stderr)
+        print(f"fade: error: {shown(str(exc))}", file=sys.stderr)  # a newline in a file name stays escaped: one line
         sys.exit(2)
     except KeyboardInterrupt:
         print("fade: interrupted", file=sys.stderr)
@@ -95,7 +96,7 @@ def main() -> None:
         if isinstance(exc, usage_errors):  # one line, like every other fade error
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            print(f"fade: error: {exc.format_message()}{hint}", file=sys.stderr)
+            print(f"fade: error: {shown(exc.format_message())}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
         if isinstance(exc, aborts):
             print("fade: interrupted", file=sys.stderr)

@@ -60,8 +60,10 @@ def eval_command(
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
     method_values = dict(locals())
+    from ..data.outputs import check_folder
     from ..evaluation.benchmark import markdown_table, run_benchmark
 
+    check_folder(out, "--out")  # a file or a read-only folder is found now, not after the first class
     try:
         shot_list = sorted({int(s) for s in shots.split(",") if s.strip()})
     except ValueError:

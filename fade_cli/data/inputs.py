@@ -52,7 +52,7 @@ class Inputs:
             return None
         counts = Counter(_reason_kind(s.reason) for s in self.skipped)
         parts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"{len(self.skipped)} file(s) in the input folders not read ({parts})"
+        return f"{len(self.skipped)} file(s) in input folders or globs not read ({parts})"
 
 
 def _reason_kind(reason: str) -> str:

@@ -50,56 +50,80 @@ def common_base(paths: Iterable[Path]) -> Path:
     return Path(os.path.commonpath(parents)) if parents else Path.cwd()
 
 
+def _relative(path: str, base: str) -> str:
+    """Normalized absolute `path` under normalized `base`, as a string (pathlib costs ~10x here)."""
+    if base == os.sep:
+        return path.lstrip(os.sep)
+    return path[len(base) + 1:] if path.startswith(base + os.sep) else os.path.splitdrive(path)[1].lstrip(os.sep)
+
+
 def plan_stems(paths: Sequence[Path], base: Path, out: Path, suffixes: Sequence[str]) -> tuple[dict[Path, Path], dict[Path, str]]:
     """(input -> output stem relative to `out`, input -> why it cannot be written).
 
-    Raises UsageError, naming two inputs, when no distinct deterministic names exist."""
-    rel = {p: relative_input(p, base) for p in paths}
-    stems = {p: r.with_suffix("") if r.suffix else r for p, r in rel.items()}
+    Raises UsageError, naming two inputs, when no distinct deterministic names exist. Strings,
+    not Paths, inside: 100k inputs are planned in about a second."""
+    sep, base_s = os.sep, os.path.abspath(base)
+    absolute = {p: os.path.abspath(p) for p in paths}
+    rel = {p: _relative(a, base_s) for p, a in absolute.items()}
+    stems = {}
+    for p, r in rel.items():
+        root, ext = os.path.splitext(r)
+        stems[p] = root if ext else r
     groups: dict[str, list[Path]] = defaultdict(list)
-    for p, s in stems.items():
-        groups[folded(s)].append(p)
+    for p, st in stems.items():
+        groups[folded(st)].append(p)
     for members in groups.values():
         if len(members) > 1:  # part.png + part.jpg: keep the extension in the stem
             for p in members:
                 stems[p] = rel[p]
     owner: dict[str, Path] = {}
-    for p, s in stems.items():
-        key = folded(s)
+    for p, st in stems.items():
+        key = folded(st)
         if key in owner:
-            a, b = owner[key], p
             raise UsageError(
-                f"{shown(a)} and {shown(b)} would write the same outputs under {shown(out)} (their names differ only in "
-                f"case or Unicode normalization); rename one or score them in separate runs"
+                f"{shown(owner[key])} and {shown(p)} would write the same outputs under {shown(out)} (their names differ "
+                f"only in case or Unicode normalization); rename one or score them in separate runs"
             )
         owner[key] = p
-    files = {folded(s.parent / (s.name + suf)): p for p, s in stems.items() for suf in suffixes}
-    for p, s in stems.items():
-        for parent in list(s.parents)[:-1]:
-            if folded(parent) in files:
-                raise UsageError(f"outputs of {shown(files[folded(parent)])} would take the name of the folder "
-                                 f"{shown(out / parent)} that the outputs of {shown(p)} need; rename one")
-    out_real = Path(os.path.realpath(out))  # through symlinks: --out may name an input folder another way
-    inputs = {folded(os.path.realpath(p)): p for p in paths}
-    for p, s in stems.items():
+    files = {folded(st + suf): p for p, st in stems.items() for suf in suffixes}
+    for p, st in stems.items():
+        parts = st.split(sep)
+        for i in range(1, len(parts)):
+            folder = folded(sep.join(parts[:i]))
+            if folder in files:
+                raise UsageError(f"outputs of {shown(files[folder])} would take the name of the folder "
+                                 f"{shown(out / sep.join(parts[:i]))} that the outputs of {shown(p)} need; rename one")
+    # Folders through symlinks (--out may name an input folder another way); the file name itself
+    # as it is: a rename replaces the directory entry, not what a symlink points to.
+    real_folders: dict[str, str] = {}
+
+    def entry(path: str) -> str:
+        folder, name = os.path.split(path)
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        return folded(os.path.join(real_folders[folder], name))
+
+    out_real = os.path.realpath(out)
+    inputs = {entry(a): p for p, a in absolute.items()}
+    for p, st in stems.items():
         for suf in suffixes:
-            target = folded(out_real / s.parent / (s.name + suf))
+            target = entry(os.path.join(out_real, st + suf))
             if target in inputs:
                 raise UsageError(f"--out {shown(out)}: the outputs of {shown(p)} would overwrite the input "
                                  f"{shown(inputs[target])}; choose another --out")
     longest = max(suffixes, key=len)
-    errors = {p: f"output name {shown(s.name + longest)} is longer than {NAME_MAX} bytes; rename the input"
-              for p, s in stems.items() if len(os.fsencode(s.name + longest)) > NAME_MAX}
-    return stems, errors
-
-
-def output_files(stems: Mapping[Path, Path], out: Path, suffixes: Sequence[str]) -> list[Path]:
-    return [out / s.parent / (s.name + suf) for s in stems.values() for suf in suffixes]
+    errors = {}
+    for p, st in stems.items():
+        name = os.path.basename(st) + longest
+        if len(os.fsencode(name)) > NAME_MAX:
+            errors[p] = f"output name {shown(name)} is longer than {NAME_MAX} bytes; rename the input"
+    return {p: Path(st) for p, st in stems.items()}, errors
 
 
 def existing_outputs(stems: Mapping[Path, Path], out: Path, suffixes: Sequence[str]) -> list[Path]:
     """The planned output files that exist already (a run would replace them)."""
-    return [f for f in output_files(stems, out, suffixes) if os.path.lexists(f)]
+    names = (os.path.join(out, f"{st}{suf}") for st in stems.values() for suf in suffixes)
+    return [Path(f) for f in names if os.path.lexists(f)]
 
 
 def _first_existing(path: Path) -> Path:

@@ -107,7 +107,7 @@ def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
             }
             if output.out is not None:
                 try:
-                    stem = output.stems[p] if output.stems is not None else output_stem(p, output.base)
+                    stem = (output.stems or {}).get(p) or output_stem(p, output.base)
                     row.update(write_segmentation(output.out, stem, loaded[p], res.map, output.pixel_threshold))
                 except OSError as exc:
                     outcomes[p].error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
