@@ -319,3 +319,11 @@ def test_zero_byte_and_huge_images_fail_alone(capsys, monkeypatch, image_dir):
     lines = sorted(l for l in stderr.splitlines() if l.strip())
     assert lines == [f"fade: {image_dir / 'huge.png'}: image is too large (over 1000000 pixels; raise the limit with --max-pixels)",
                      f"fade: {image_dir / 'zero.png'}: empty file (0 bytes)"]
+
+
+def test_an_output_name_too_long_for_the_file_system_fails_that_image_alone(capsys, monkeypatch, image_dir, tmp_path):
+    long = image_dir / ("n" * 245 + ".png")  # fine as an input; NAME.overlay.png would pass 255 bytes
+    random_image(9).save(long)
+    code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(tmp_path / "out"), "-q", *FAST)
+    assert code == 1 and len(rows(stdout)) == 3
+    assert one_error_line(stderr) == f"fade: {long}: output name {'n' * 245}.overlay.png is longer than 255 bytes; rename the input"

@@ -134,3 +134,18 @@ def test_run_lock_refuses_a_second_holder(tmp_path):
             RunLock(tmp_path / ".fade.lock", "--out", tmp_path).__enter__()
     with RunLock(tmp_path / ".fade.lock", "--out", tmp_path):  # released on exit
         pass
+
+
+def test_a_folder_that_cannot_be_listed_fails_as_an_input(tmp_path, monkeypatch):
+    touch(tmp_path / "ok" / "a.png"); touch(tmp_path / "locked" / "b.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # root lists any folder: the denial is simulated
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    items = scan_inputs([str(tmp_path)]).items
+    assert [(i.path.relative_to(tmp_path).as_posix(), i.error) for i in items] == [
+        ("locked", "cannot list this folder (permission denied)"), ("ok/a.png", None)]
