@@ -149,3 +149,12 @@ def test_a_folder_that_cannot_be_listed_fails_as_an_input(tmp_path, monkeypatch)
     items = scan_inputs([str(tmp_path)]).items
     assert [(i.path.relative_to(tmp_path).as_posix(), i.error) for i in items] == [
         ("locked", "cannot list this folder (permission denied)"), ("ok/a.png", None)]
+
+
+def test_run_lock_leaves_no_folder_it_created_for_nothing(tmp_path):
+    with RunLock(tmp_path / "a" / "b" / ".fade.lock", "--out", tmp_path / "a" / "b"):
+        assert (tmp_path / "a" / "b" / ".fade.lock").exists()
+    assert not (tmp_path / "a").exists()  # refused or nothing written: no trace
+    with RunLock(tmp_path / "c" / ".fade.lock", "--out", tmp_path / "c"):
+        (tmp_path / "c" / "x.map.npy").write_bytes(b"x")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".fade.lock", "x.map.npy"]

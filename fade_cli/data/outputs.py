@@ -175,13 +175,16 @@ class RunLock:
     def __init__(self, lock_file: Path, flag: str, destination: Path):
         self.lock_file, self.flag, self.destination = lock_file, flag, destination
         self._fd: int | None = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> "RunLock":
         try:
             import fcntl
         except ImportError:  # Windows: no flock; concurrent runs are not detected there
             return self
-        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.lock_file.parent
+        self._created = [f for f in [folder, *folder.parents] if not os.path.lexists(f)]
+        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,9 +199,17 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock; the file stays (unlinking it would race)
-            self._fd = None
+        if self._fd is None:
+            return
+        os.close(self._fd)  # closing releases the lock; the file stays (unlinking it would race)...
+        self._fd = None
+        # ...except in folders this run created and left empty (refused, or no image written):
+        # a run that writes nothing leaves nothing behind
+        if self._created and os.listdir(self.lock_file.parent) == [self.lock_file.name]:
+            with contextlib.suppress(OSError):
+                self.lock_file.unlink()
+                for folder in self._created:
+                    folder.rmdir()
 
 
 def prepare_writes(held: contextlib.ExitStack, todo: Sequence[Path], out: Path | None, manifest: Path | None,
