@@ -327,3 +327,18 @@ def test_an_output_name_too_long_for_the_file_system_fails_that_image_alone(caps
     code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(tmp_path / "out"), "-q", *FAST)
     assert code == 1 and len(rows(stdout)) == 3
     assert one_error_line(stderr) == f"fade: {long}: output name {'n' * 245}.overlay.png is longer than 255 bytes; rename the input"
+
+
+def test_checked_number_admits_auto_only_where_allowed():
+    from fade_cli.cli.common import checked_number
+    from fade_cli.errors import UsageError
+
+    assert checked_number(" Auto ", "--threshold", 0, 1, allow_auto=True) == "auto"
+    assert checked_number("0.25", "--threshold", 0, 1, allow_auto=True) == 0.25 and checked_number(1, "--t", 0, 1) == 1.0
+    for value, allow, message in [("auto", False, "--threshold auto: expected a number"),
+                                  ("nan", True, "--threshold nan: expected a finite number between 0 and 1 or auto"),
+                                  (float("-inf"), False, "--threshold -inf: expected a finite number between 0 and 1"),
+                                  ("-3", False, "--threshold -3: expected a finite number between 0 and 1")]:
+        with pytest.raises(UsageError) as exc:
+            checked_number(value, "--threshold", 0, 1, allow_auto=allow)
+        assert str(exc.value) == message

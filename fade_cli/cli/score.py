@@ -70,9 +70,11 @@ def _score(
     from ..engines.runner import OUTPUT_SUFFIXES, OutputSpec, build_pipeline, load_spec_backbone, score_paths
     from ..prompts.text import TextEncoderCache
 
-    threshold = checked_number(threshold, "--threshold", 0.0, 1.0)
+    # validation only (nan, inf, outside [0, 1]): each value keeps its type, so a flag that also
+    # takes the word auto (calibrated thresholds) passes through unchanged
+    checked_number(threshold, "--threshold", 0.0, 1.0, allow_auto=True)
     if out is not None:
-        pixel_threshold = checked_number(pixel_threshold, "--pixel-threshold", 0.0, 1.0)
+        checked_number(pixel_threshold, "--pixel-threshold", 0.0, 1.0, allow_auto=True)
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine}: expected local or ray")
     if engine == "ray":
