@@ -41,15 +41,18 @@ def test_folder_skips_are_all_reported(tmp_path):
     touch(d / ".hidden.png"); (d / "dangling.png").symlink_to(d / "gone.png")
     (d / "linked").symlink_to(tmp_path, target_is_directory=True)
     os.mkfifo(d / "pipe.png")
+    (d / "loop1.png").symlink_to(d / "loop2.png"); (d / "loop2.png").symlink_to(d / "loop1.png")
     res = scan_inputs([str(d)])
     assert [i.path.relative_to(d).as_posix() for i in res.items] == ["a.png", "sub/b.JPG"]
     reasons = {s.path.name: s.reason for s in res.skipped}
     assert reasons == {"anim.gif": "extension not read (.gif)", "notes.txt": "extension not read (.txt)",
                        ".hidden.png": "hidden name", "dangling.png": "dangling symlink",
                        "linked": "symlink to a folder (not followed)",
-                       "pipe.png": "not a regular file (FIFO, socket or device)"}
-    assert res.summary() == ("6 file(s) in input folders or globs not read (2 extension not read, 1 dangling symlink, "
-                             "1 hidden name, 1 not a regular file, 1 symlink to a folder)")
+                       "pipe.png": "not a regular file (FIFO, socket or device)",
+                       "loop1.png": "cannot access (too many levels of symbolic links)",
+                       "loop2.png": "cannot access (too many levels of symbolic links)"}
+    assert res.summary() == ("8 file(s) in input folders or globs not read (2 cannot access, 2 extension not read, "
+                             "1 dangling symlink, 1 hidden name, 1 not a regular file, 1 symlink to a folder)")
 
 
 def test_glob_reports_what_it_cannot_read(tmp_path):
