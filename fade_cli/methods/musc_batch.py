@@ -1,0 +1,182 @@
+"""MuSc as a method of this CLI: the embedding pass, subsets, and the fusion with FADE's language.
+
+A batch method: an image's score depends on the other images it is scored with. The inputs
+are cut into subsets (`subsets`), each subset is embedded chunk by chunk (`embed`, any chunk
+size gives the same embeddings) and then scored as a whole (`score_batch`):
+
+  vision   = clamp(m · mutual map, 0, 1)       m = 0.5: a distance of unit vectors is in [0, 2]
+  v-score  = RsCIN(max of vision)
+  map      = (1 − w) · vision + w · language   language = FADE's zero-shot language map
+  score    = (1 − w) · v-score + w · language AC
+
+w = --language-weight, 0 by default (MuSc alone, the paper's method; the language pass costs a
+FADE forward at 240/448/896 px). The mutual map is resized (bilinear) to the language grid
+before fusing, as FADE fuses its scales. The tensor steps are in `musc.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from ..backbone import Backbone, preprocess_batch
+from ..config import FadeConfig
+from ..errors import UsageError
+from ..guidance import resize_map
+from ..pipeline import Result, to_results
+from . import musc
+
+DEFAULT_SCALE = 512  # MuSc's runs of ViT-B-16-plus-240 use 240 and 512 px; 512 gives a 32×32 grid
+DEFAULT_SUBSET_SIZE = 200  # about one MVTec-AD / VisA class test set
+
+
+@dataclass(frozen=True)
+class MuscOptions:
+    """MuSc settings; `layers` None = the backbone's quarter points (2, 5, 8, 11 for 12 blocks)."""
+
+    scale: int = DEFAULT_SCALE
+    layers: tuple[int, ...] | None = None
+    r_values: tuple[int, ...] = musc.DEFAULT_R_VALUES
+    fraction: float = musc.DEFAULT_FRACTION
+    rscin_windows: tuple[int, ...] = musc.DEFAULT_RSCIN_WINDOWS
+    multiplier: float = 0.5
+    language_weight: float = 0.0
+    subset_size: int = DEFAULT_SUBSET_SIZE
+    block_elements: int = musc.DEFAULT_BLOCK_ELEMENTS
+
+    def check(self) -> list[str]:
+        errs = []
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)):
+            errs.append("--layers: give distinct 0-based block indices, e.g. 2,5,8,11")
+        if not self.r_values or any(r < 1 or r % 2 == 0 for r in self.r_values):
+            errs.append("--r-values: give odd aggregation degrees >= 1, e.g. 1,3,5")
+        if not 0.0 < self.fraction <= 1.0:
+            errs.append(f"--lowest-fraction must be in (0, 1], not {self.fraction}")
+        if any(k < 1 for k in self.rscin_windows):
+            errs.append("--rscin-windows: window sizes must be >= 1 (none: no re-ranking)")
+        if not 0.0 <= self.language_weight <= 1.0:
+            errs.append(f"--language-weight must be in [0, 1], not {self.language_weight}")
+        if self.subset_size < 2:
+            errs.append(f"--subset-size must be at least 2 (images are scored against each other), not {self.subset_size}")
+        if self.multiplier <= 0:
+            errs.append(f"the map multiplier must be > 0, not {self.multiplier}")
+        return errs
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def subsets(n: int, size: int) -> list[range]:
+    """n inputs in order -> ⌈n/size⌉ consecutive subsets whose sizes differ by at most one.
+
+    Balanced rather than "size, size, ..., rest": no tiny last subset with few images to score
+    against, and two sizes that give the same number of subsets give the same subsets."""
+    if n == 0:
+        return []
+    count = math.ceil(n / size)
+    base, extra = divmod(n, count)
+    bounds, start = [], 0
+    for s in range(count):
+        stop = start + base + (1 if s < extra else 0)
+        bounds.append(range(start, stop))
+        start = stop
+    return bounds
+
+
+@dataclass
+class MuscEmbeddings:
+    """What scoring needs of a set of images: CLS (B, D), tokens (B, layers, L, C), and with
+    language fusion FADE's language map (B, G, G) and score (B,)."""
+
+    cls: torch.Tensor
+    tokens: torch.Tensor
+    language_map: torch.Tensor | None = None
+    language_score: torch.Tensor | None = None
+
+    @staticmethod
+    def concat(parts: Sequence["MuscEmbeddings"]) -> "MuscEmbeddings":
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return torch.cat(values) if values[0] is not None else None
+
+        return MuscEmbeddings(cat("cls"), cat("tokens"), cat("language_map"), cat("language_score"))
+
+    def __len__(self) -> int:
+        return self.cls.shape[0]
+
+
+class MuscPipeline:
+    """MuSc for one product class: `pipeline(images) -> list[Result]` scores the images together."""
+
+    few_shot = False
+    batch_method = True  # scores depend on the whole batch: runners score subsets, not chunks
+    method_label = "musc"
+
+    def __init__(self, backbone: Backbone, options: MuscOptions, class_name: str, language=None):
+        errs = options.check()
+        if errs:
+            raise UsageError(errs[0])
+        backbone.check_scale(options.scale)
+        depth = len(backbone.model.visual.transformer.resblocks)
+        layers = options.layers if options.layers is not None else musc.quarter_layers(depth)
+        if any(not 0 <= l < depth for l in layers):
+            raise UsageError(f"--layers {','.join(map(str, layers))}: {backbone.model_name} has blocks 0..{depth - 1}")
+        self.backbone = backbone
+        self.options = replace(options, layers=tuple(layers))
+        self.class_name = class_name
+        self.language = language  # a language-only FadePipeline, with --language-weight > 0
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, options: MuscOptions, class_name: str, text_cache=None,
+                    fade_config: FadeConfig | None = None) -> "MuscPipeline":
+        language = None
+        if options.language_weight > 0:
+            from ..pipeline import FadePipeline
+
+            config = replace(fade_config or FadeConfig(), classification="language", segmentation="language")
+            language = FadePipeline.from_config(backbone, config, class_name, text_cache=text_cache)
+        return cls(backbone, options, class_name, language)
+
+    @property
+    def config(self) -> MuscOptions:
+        return self.options
+
+    @property
+    def banks(self) -> list[str]:
+        return self.language.banks if self.language is not None else []
+
+    def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> MuscEmbeddings:
+        """One backbone forward at the MuSc scale (and FADE's language pass if fused)."""
+        del extra_features  # zero-shot only: no reference-bank features
+        pixels = preprocess_batch(images, self.options.scale, self.backbone.device)
+        cls, tokens = self.backbone.encode_layers(pixels, self.options.layers)
+        out = MuscEmbeddings(cls=cls, tokens=tokens)
+        if self.language is not None:
+            results = self.language(images)
+            out.language_map = torch.stack([r.map for r in results]).to(tokens.device)
+            out.language_score = torch.tensor([r.score for r in results], device=tokens.device)
+        return out
+
+    def score_batch(self, emb: MuscEmbeddings) -> list[Result]:
+        """Score the images of one subset against each other (at least two)."""
+        opt = self.options
+        if len(emb) < 2:
+            raise UsageError("musc scores images against each other: a subset needs at least 2 readable images")
+        raw = musc.mutual_map([emb.tokens[:, k] for k in range(emb.tokens.shape[1])], opt.r_values, opt.fraction,
+                              opt.block_elements)
+        vision = (opt.multiplier * raw).clamp(0.0, 1.0)
+        vision_score = musc.rscin(musc.image_scores(vision), emb.cls, opt.rscin_windows)
+        w = opt.language_weight
+        if emb.language_map is None or w == 0:
+            return to_results(vision_score, vision, vision=vision_score)
+        g = max(vision.shape[-1], emb.language_map.shape[-1])
+        fused = ((1.0 - w) * resize_map(vision, (g, g)) + w * resize_map(emb.language_map.float(), (g, g))).clamp(0, 1)
+        score = ((1.0 - w) * vision_score + w * emb.language_score.float()).clamp(0, 1)
+        return to_results(score, fused, language=emb.language_score, vision=vision_score)
+
+    def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
+        return self.score_batch(self.embed(images))
