@@ -125,6 +125,11 @@ def test_mutual_scores_independent_of_block_size():
         torch.testing.assert_close(musc.mutual_scores(z, block_elements=block), whole)
 
 
+def test_mutual_scores_of_some_queries_are_those_rows():
+    z = F.normalize(_tokens(5, 3, 4, seed=9), dim=-1)
+    torch.testing.assert_close(musc.mutual_scores(z, queries=[3, 0]), musc.mutual_scores(z)[[3, 0]])
+
+
 def test_mutual_scores_need_two_images():
     with pytest.raises(ValueError):
         musc.mutual_scores(F.normalize(_tokens(1), dim=-1))

@@ -91,26 +91,31 @@ def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
         results = dict(zip(loaded, pipeline(list(loaded.values()))))
         ms = (time.perf_counter() - t) * 1000.0 / len(loaded)
         for p, res in results.items():
-            row = {
-                "path": str(p),
-                "class": spec.class_name,
-                "score": round(res.score, 6),
-                "anomalous": res.score >= output.threshold,
-                "threshold": output.threshold,
-                "ms": round(ms, 1),
-                "method": pipeline.method_label,
-                "shots": output.shots,
-                "banks": pipeline.banks,
-            }
-            if output.out is not None:
-                try:
-                    row.update(write_segmentation(output.out, output_stem(p, output.base), loaded[p], res.map,
-                                                  output.pixel_threshold))
-                except OSError as exc:
-                    outcomes[p].error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
-                    continue
-            outcomes[p].row = row
+            finish_outcome(outcomes[p], pipeline, spec, output, res, loaded[p], ms)
     return [outcomes[p] for p in paths]
+
+
+def finish_outcome(outcome: Outcome, pipeline, spec: ScorerSpec, output: OutputSpec, res, image, ms: float) -> None:
+    """Fill `outcome` from one image's Result: its row, and for segment its files (or an error)."""
+    row = {
+        "path": str(outcome.path),
+        "class": spec.class_name,
+        "score": round(res.score, 6),
+        "anomalous": res.score >= output.threshold,
+        "threshold": output.threshold,
+        "ms": round(ms, 1),
+        "method": pipeline.method_label,
+        "shots": output.shots,
+        "banks": pipeline.banks,
+    }
+    if output.out is not None:
+        try:
+            row.update(write_segmentation(output.out, output_stem(outcome.path, output.base), image, res.map,
+                                          output.pixel_threshold))
+        except OSError as exc:
+            outcome.error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
+            return
+    outcome.row = row
 
 
 def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec,

@@ -163,20 +163,24 @@ class MuscPipeline:
 
     def score_batch(self, emb: MuscEmbeddings) -> list[Result]:
         """Score the images of one subset against each other (at least two)."""
-        opt = self.options
-        if len(emb) < 2:
-            raise UsageError("musc scores images against each other: a subset needs at least 2 readable images")
-        raw = musc.mutual_map([emb.tokens[:, k] for k in range(emb.tokens.shape[1])], opt.r_values, opt.fraction,
-                              opt.block_elements)
-        vision = (opt.multiplier * raw).clamp(0.0, 1.0)
-        vision_score = musc.rscin(musc.image_scores(vision), emb.cls, opt.rscin_windows)
-        w = opt.language_weight
-        if emb.language_map is None or w == 0:
-            return to_results(vision_score, vision, vision=vision_score)
-        g = max(vision.shape[-1], emb.language_map.shape[-1])
-        fused = ((1.0 - w) * resize_map(vision, (g, g)) + w * resize_map(emb.language_map.float(), (g, g))).clamp(0, 1)
-        score = ((1.0 - w) * vision_score + w * emb.language_score.float()).clamp(0, 1)
-        return to_results(score, fused, language=emb.language_score, vision=vision_score)
+        return score_embeddings(self.options, emb)
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
         return self.score_batch(self.embed(images))
+
+
+def score_embeddings(opt: MuscOptions, emb: MuscEmbeddings) -> list[Result]:
+    """One subset's Results from its embeddings; needs no model (a Ray task runs it as is)."""
+    if len(emb) < 2:
+        raise UsageError("musc scores images against each other: a subset needs at least 2 readable images")
+    raw = musc.mutual_map([emb.tokens[:, k] for k in range(emb.tokens.shape[1])], opt.r_values, opt.fraction,
+                          opt.block_elements)
+    vision = (opt.multiplier * raw).clamp(0.0, 1.0)
+    vision_score = musc.rscin(musc.image_scores(vision), emb.cls, opt.rscin_windows)
+    w = opt.language_weight
+    if emb.language_map is None or w == 0:
+        return to_results(vision_score, vision, vision=vision_score)
+    g = max(vision.shape[-1], emb.language_map.shape[-1])
+    fused = ((1.0 - w) * resize_map(vision, (g, g)) + w * resize_map(emb.language_map.float(), (g, g))).clamp(0, 1)
+    score = ((1.0 - w) * vision_score + w * emb.language_score.float()).clamp(0, 1)
+    return to_results(score, fused, language=emb.language_score, vision=vision_score)

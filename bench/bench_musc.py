@@ -1,0 +1,135 @@
+"""MuSc cost: embedding pass vs mutual scoring, and peak memory, for subsets of N images.
+
+Two measurements, each N in a fresh process (peak RSS only grows):
+
+  full      the whole method at full size (random-init ViT-B-16-plus-240, --scale px): N
+            synthetic 700×700 images embedded in chunks of --batch, then one subset scored.
+            Prints embedding and scoring seconds and the peak RSS above the loaded model.
+  scoring   mutual scoring alone on random unit features of the full-size shapes (N images,
+            --layers-count layers, (scale/16)² patches, width 896): the LNAMD aggregation of
+            every (layer, r) is timed in full; the MSM of --queries query images per (layer, r)
+            is timed and multiplied by N/queries (every query image costs the same: one
+            product against all N images). Prints measured and extrapolated seconds, and the
+            peak RSS of holding the tokens and scoring them.
+
+    python bench/bench_musc.py full --n 16                      # CPU here: ~2-3 min
+    python bench/bench_musc.py scoring --n 16,64,200 --queries 2
+    python bench/bench_musc.py full --n 16,64,200 --device cuda   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_full(n: int, scale: int, batch: int, device: str) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fade_cli.backbone import load_backbone
+    from fade_cli.methods.musc_batch import MuscEmbeddings, MuscOptions, MuscPipeline
+
+    backbone = load_backbone("ViT-B-16-plus-240", "none", device)
+    pipeline = MuscPipeline(backbone, MuscOptions(scale=scale), "object")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)) for _ in range(n)]
+    base = _rss_mb()
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    emb = MuscEmbeddings.concat([pipeline.embed(images[i : i + batch]) for i in range(0, n, batch)])
+    _sync(backbone.device)
+    embed_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pipeline.score_batch(emb)
+    _sync(backbone.device)
+    score_s = time.perf_counter() - t
+    out = {"mode": "full", "n": n, "scale": scale, "device": str(backbone.device), "layers": list(pipeline.options.layers),
+           "embed_s": round(embed_s, 2), "embed_s_per_image": round(embed_s / n, 3),
+           "score_s": round(score_s, 2), "score_s_per_image": round(score_s / n, 3),
+           "peak_rss_above_model_mb": round(_rss_mb() - base)}
+    if backbone.device.type == "cuda":
+        out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
+def measure_scoring(n: int, scale: int, layers: int, queries: int, device: str) -> dict:
+    import torch
+
+    from fade_cli.methods import musc
+
+    grid = scale // 16
+    base = _rss_mb()
+    gen = torch.Generator().manual_seed(0)
+    tokens = [torch.randn(n, grid * grid, 896, generator=gen).to(device) for _ in range(layers)]
+    queries = min(queries, n)
+    aggregate_s = msm_s = 0.0
+    for layer in tokens:
+        for r in musc.DEFAULT_R_VALUES:
+            t = time.perf_counter()
+            z = musc.aggregate(layer, r)
+            _sync(device)
+            aggregate_s += time.perf_counter() - t
+            t = time.perf_counter()
+            musc.mutual_scores(z, queries=range(queries))
+            _sync(device)
+            msm_s += time.perf_counter() - t
+            del z
+    runs = layers * len(musc.DEFAULT_R_VALUES)
+    total = aggregate_s + msm_s * n / queries
+    return {"mode": "scoring", "n": n, "scale": scale, "patches": grid * grid, "layers": layers, "runs": runs,
+            "queries_timed": queries, "aggregate_s": round(aggregate_s, 2), "msm_s_measured": round(msm_s, 2),
+            "score_s_extrapolated": round(total, 1), "score_s_per_image_extrapolated": round(total / n, 2),
+            "gflop_msm": round(2 * n * n * (grid * grid) ** 2 * 896 * runs / 1e9),
+            "peak_rss_above_start_mb": round(_rss_mb() - base),
+            "token_mb": round(layers * n * grid * grid * 896 * 4 / 2**20)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("full", "scoring"))
+    ap.add_argument("--n", default="16", help="comma-separated subset sizes")
+    ap.add_argument("--scale", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4, help="full: images per embedding forward")
+    ap.add_argument("--layers-count", type=int, default=4, help="scoring: number of layers")
+    ap.add_argument("--queries", type=int, default=2, help="scoring: query images timed per (layer, r)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure this N here
+    args = ap.parse_args()
+    if args.one is not None:
+        result = (measure_full(args.one, args.scale, args.batch, args.device) if args.mode == "full"
+                  else measure_scoring(args.one, args.scale, args.layers_count, args.queries, args.device))
+        print(json.dumps(result))
+        return
+    import torch
+
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}")
+    for n in (int(x) for x in args.n.split(",")):
+        cmd = [sys.executable, __file__, args.mode, "--one", str(n), "--scale", str(args.scale), "--batch", str(args.batch),
+               "--layers-count", str(args.layers_count), "--queries", str(args.queries), "--device", args.device]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            print(f"N={n}: failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            continue
+        print(res.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
