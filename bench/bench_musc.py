@@ -3,8 +3,10 @@
 Two measurements, each N in a fresh process (peak RSS only grows):
 
   full      the whole method at full size (random-init ViT-B-16-plus-240, --scale px): N
-            synthetic 700×700 images embedded in chunks of --batch, then one subset scored.
-            Prints embedding and scoring seconds and the peak RSS above the loaded model.
+            synthetic 700×700 images embedded in chunks of --batch, then one subset scored
+            (with --queries q < N: the aggregation in full, the MSM of q query images timed
+            and scaled by N/q). Prints embedding and scoring seconds and the peak RSS above
+            the loaded model.
   scoring   mutual scoring alone on random unit features of the full-size shapes (N images,
             --layers-count layers, (scale/16)² patches, width 896): the LNAMD aggregation of
             every (layer, r) is timed in full; the MSM of --queries query images per (layer, r)
@@ -12,7 +14,7 @@ Two measurements, each N in a fresh process (peak RSS only grows):
             product against all N images). Prints measured and extrapolated seconds, and the
             peak RSS of holding the tokens and scoring them.
 
-    python bench/bench_musc.py full --n 16                      # CPU here: ~2-3 min
+    python bench/bench_musc.py full --n 16 --queries 4          # CPU here: ~2-3 min
     python bench/bench_musc.py scoring --n 16,64,200 --queries 2
     python bench/bench_musc.py full --n 16,64,200 --device cuda   # on a GPU
 """
@@ -38,12 +40,13 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def measure_full(n: int, scale: int, batch: int, device: str) -> dict:
+def measure_full(n: int, scale: int, batch: int, device: str, queries: int) -> dict:
     import numpy as np
     import torch
     from PIL import Image
 
     from fade_cli.backbone import load_backbone
+    from fade_cli.methods import musc
     from fade_cli.methods.musc_batch import MuscEmbeddings, MuscOptions, MuscPipeline
 
     backbone = load_backbone("ViT-B-16-plus-240", "none", device)
@@ -57,14 +60,30 @@ def measure_full(n: int, scale: int, batch: int, device: str) -> dict:
     emb = MuscEmbeddings.concat([pipeline.embed(images[i : i + batch]) for i in range(0, n, batch)])
     _sync(backbone.device)
     embed_s = time.perf_counter() - t
-    t = time.perf_counter()
-    pipeline.score_batch(emb)
-    _sync(backbone.device)
-    score_s = time.perf_counter() - t
+    print(json.dumps({"n": n, "embed_s": round(embed_s, 2)}), file=sys.stderr, flush=True)  # survives a timeout
     out = {"mode": "full", "n": n, "scale": scale, "device": str(backbone.device), "layers": list(pipeline.options.layers),
-           "embed_s": round(embed_s, 2), "embed_s_per_image": round(embed_s / n, 3),
-           "score_s": round(score_s, 2), "score_s_per_image": round(score_s / n, 3),
-           "peak_rss_above_model_mb": round(_rss_mb() - base)}
+           "embed_s": round(embed_s, 2), "embed_s_per_image": round(embed_s / n, 3)}
+    t = time.perf_counter()
+    if queries >= n:  # the method's own scoring call, all of it
+        pipeline.score_batch(emb)
+        _sync(backbone.device)
+        out.update(score_s=round(time.perf_counter() - t, 2), score_s_per_image=round((time.perf_counter() - t) / n, 3))
+    else:  # every (layer, r) aggregated in full, the MSM of `queries` query images timed and scaled by n/queries
+        aggregate_s = msm_s = 0.0
+        for k in range(emb.tokens.shape[1]):
+            for r in pipeline.options.r_values:
+                t = time.perf_counter()
+                z = musc.aggregate(emb.tokens[:, k], r)
+                _sync(backbone.device)
+                aggregate_s += time.perf_counter() - t
+                t = time.perf_counter()
+                musc.mutual_scores(z, queries=range(queries))
+                _sync(backbone.device)
+                msm_s += time.perf_counter() - t
+        total = aggregate_s + msm_s * n / queries
+        out.update(queries_timed=queries, aggregate_s=round(aggregate_s, 2), msm_s_measured=round(msm_s, 2),
+                   score_s_extrapolated=round(total, 1), score_s_per_image_extrapolated=round(total / n, 2))
+    out["peak_rss_above_model_mb"] = round(_rss_mb() - base)
     if backbone.device.type == "cuda":
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return out
@@ -109,13 +128,14 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4, help="full: images per embedding forward")
     ap.add_argument("--layers-count", type=int, default=4, help="scoring: number of layers")
-    ap.add_argument("--queries", type=int, default=2, help="scoring: query images timed per (layer, r)")
+    ap.add_argument("--queries", type=int, default=0,
+                    help="query images whose MSM is timed per (layer, r), the rest extrapolated; 0: all (full), 2 (scoring)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure this N here
     args = ap.parse_args()
     if args.one is not None:
-        result = (measure_full(args.one, args.scale, args.batch, args.device) if args.mode == "full"
-                  else measure_scoring(args.one, args.scale, args.layers_count, args.queries, args.device))
+        result = (measure_full(args.one, args.scale, args.batch, args.device, args.queries or args.one) if args.mode == "full"
+                  else measure_scoring(args.one, args.scale, args.layers_count, args.queries or 2, args.device))
         print(json.dumps(result))
         return
     import torch
@@ -124,9 +144,9 @@ def main() -> None:
     for n in (int(x) for x in args.n.split(",")):
         cmd = [sys.executable, __file__, args.mode, "--one", str(n), "--scale", str(args.scale), "--batch", str(args.batch),
                "--layers-count", str(args.layers_count), "--queries", str(args.queries), "--device", args.device]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr passes through: partial times
         if res.returncode:
-            print(f"N={n}: failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            print(f"N={n}: failed (exit {res.returncode})")
             continue
         print(res.stdout.strip().splitlines()[-1], flush=True)
 
