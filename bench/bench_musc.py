@@ -45,7 +45,7 @@ def measure_full(n: int, scale: int, batch: int, device: str, queries: int) -> d
     import torch
     from PIL import Image
 
-    from fade_cli.backbone import load_backbone
+    from fade_cli.model.backbone import load_backbone
     from fade_cli.methods import musc
     from fade_cli.methods.musc_batch import MuscEmbeddings, MuscOptions, MuscPipeline
 

@@ -218,7 +218,7 @@ def test_encode_layers_matches_open_clip_blocks(tiny_backbone):
 
 
 def test_encode_layers_same_in_chunks(tiny_backbone, monkeypatch):
-    from fade_cli.backbone import Backbone
+    from fade_cli.model.backbone import Backbone
 
     pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     whole = tiny_backbone.encode_layers(pixels, (0, 6))

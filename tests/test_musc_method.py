@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from fade_cli.errors import UsageError
 from fade_cli.methods import musc
 from fade_cli.methods.musc_batch import MuscEmbeddings, MuscOptions, MuscPipeline, subsets
 
-
-def product_images(n: int, defect: int | None = None, seed: int = 0) -> list[Image.Image]:
-    """n noisy photos of one textured 'product'; image `defect` gets a magenta square."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(base).resize((128, 128), Image.NEAREST)).astype(int)
-    out = []
-    for i in range(n):
-        a = np.clip(base + rng.integers(-10, 10, base.shape), 0, 255)
-        if i == defect:
-            a[64:96, 32:64] = [255, 0, 255]
-        out.append(Image.fromarray(a.astype(np.uint8)))
-    return out
+from musc_images import product_images
 
 
 def test_subsets_are_balanced_and_in_order():
@@ -94,8 +81,8 @@ def test_one_image_is_refused(tiny_backbone):
 
 
 def test_language_fusion_is_a_weighted_mean(tiny_backbone, tmp_path):
-    from fade_cli.config import FadeConfig
-    from fade_cli.prompts import TextEncoderCache
+    from fade_cli.methods.fade import FadeConfig
+    from fade_cli.prompts.text import TextEncoderCache
 
     images = product_images(3, defect=0)
     cache = TextEncoderCache(tiny_backbone, tmp_path)

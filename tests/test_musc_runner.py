@@ -1,4 +1,4 @@
-"""Scoring files with MuSc (fade_cli/subset_runner.py): subsets, chunk sizes, bad files, resume, outputs."""
+"""Scoring files with MuSc (fade_cli/engines/subsets.py): subsets, chunk sizes, bad files, resume, outputs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fade_cli.config import FadeConfig
+from fade_cli.methods.fade import FadeConfig
 from fade_cli.methods.musc_batch import MuscOptions, MuscPipeline
-from fade_cli.runner import OutputSpec, ScorerSpec
-from fade_cli.subset_runner import TOO_FEW, score_subsets, subset_plan
+from fade_cli.engines.runner import OutputSpec, ScorerSpec
+from fade_cli.engines.subsets import TOO_FEW, score_subsets, subset_plan
 
-from test_musc_method import product_images
+from musc_images import product_images
 
 
 @pytest.fixture()

@@ -23,12 +23,12 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 
-from ..backbone import Backbone, preprocess_batch
-from ..config import FadeConfig
 from ..errors import UsageError
-from ..guidance import resize_map
-from ..pipeline import Result, to_results
+from ..model.backbone import Backbone, preprocess_batch
 from . import musc
+from .base import Result, to_results
+from .fade import FadeConfig, FadePipeline
+from .guidance import resize_map
 
 DEFAULT_SCALE = 512  # MuSc's runs of ViT-B-16-plus-240 use 240 and 512 px; 512 gives a 32×32 grid
 DEFAULT_SUBSET_SIZE = 200  # about one MVTec-AD / VisA class test set
@@ -135,8 +135,6 @@ class MuscPipeline:
                     fade_config: FadeConfig | None = None) -> "MuscPipeline":
         language = None
         if options.language_weight > 0:
-            from ..pipeline import FadePipeline
-
             config = replace(fade_config or FadeConfig(), classification="language", segmentation="language")
             language = FadePipeline.from_config(backbone, config, class_name, text_cache=text_cache)
         return cls(backbone, options, class_name, language)

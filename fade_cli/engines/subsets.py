@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
-from .io import read_ahead
+from ..data.io import read_ahead
 from .runner import Outcome, OutputSpec, ScorerSpec, _read, finish_outcome
 
 TOO_FEW = "musc scores images against each other: this image's subset has fewer than 2 readable images"
@@ -31,7 +31,7 @@ TOO_FEW = "musc scores images against each other: this image's subset has fewer 
 
 def subset_plan(paths: Sequence[Path], subset_size: int) -> list[list[Path]]:
     """The subsets of `paths` (all inputs, in order) that a batch method scores together."""
-    from .methods.musc_batch import subsets
+    from ..methods.musc_batch import subsets
 
     return [[paths[i] for i in part] for part in subsets(len(paths), subset_size)]
 

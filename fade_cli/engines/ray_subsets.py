@@ -1,7 +1,7 @@
 """`--engine ray` for batch methods (MuSc): embeddings in parallel actors, one task per subset.
 
 The driver cuts the inputs into the method's subsets exactly as the local engine does
-(`subset_runner.subset_plan`), then for each subset
+(`subsets.subset_plan`), then for each subset
 
     embed      the subset's --batch-size chunks, spread over the actors (each actor loads the
                model once); an actor reads and checks its chunk's files itself, an unreadable
@@ -12,7 +12,7 @@ The driver cuts the inputs into the method's subsets exactly as the local engine
 
 so the rows, files and error lines equal the local engine's. At most `LOOKAHEAD` subsets are
 in flight, which bounds the object store to a few subsets' embeddings. Rows come back in input
-order for `cli._run` to print and record; `done` (--resume) works as in `subset_runner`.
+order for `cli._run` to print and record; `done` (--resume) works as in `subsets`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
-from .errors import FadeError
-from .prompts import default_cache_dir
+from ..errors import FadeError
+from ..prompts.text import default_cache_dir
 from .runner import Outcome, OutputSpec, ScorerSpec
 
 LOOKAHEAD = 2  # subsets embedded ahead of the one being scored
@@ -36,7 +36,7 @@ class _SubsetWorker:
     def __init__(self, spec: ScorerSpec, output: OutputSpec, texts: dict, cwd: str, threads: int | None):
         import torch
 
-        from .ray_engine import MemoTextCache
+        from .ray import MemoTextCache
         from .runner import build_pipeline, load_spec_backbone
 
         if os.path.isdir(cwd):
@@ -50,7 +50,7 @@ class _SubsetWorker:
 
     def embed(self, paths: list[str]):
         """(embeddings of the readable files or None, readable paths, {path: error})."""
-        from .subset_runner import embed_subset
+        from .subsets import embed_subset
 
         parts, readable, errors, _ = embed_subset(self.pipeline, [Path(p) for p in paths], self.output.max_pixels,
                                                   batch_size=len(paths), keep_images=False)
@@ -60,10 +60,10 @@ class _SubsetWorker:
         """Join the subset's embedded chunks, score them together, write outputs: (path, row, error)."""
         import time
 
-        from .io import load_image
-        from .errors import ImageError
+        from ..data.io import load_image
+        from ..errors import ImageError
         from .runner import finish_outcome
-        from .subset_runner import TOO_FEW
+        from .subsets import TOO_FEW
 
         t = time.perf_counter()
         outcomes = {p: Outcome(Path(p)) for p in members}
@@ -99,8 +99,8 @@ def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path],
                     text_embeddings: dict | None = None, done: Collection[Path] = (), log=None,
                     quiet: bool = False) -> Iterator[Outcome]:
     """Outcomes for every path not in `done`, in input order, scored subset by subset on Ray."""
-    from .ray_engine import _init_ray, actor_resources, require_ray
-    from .subset_runner import subset_plan
+    from .ray import _init_ray, actor_resources, require_ray
+    from .subsets import subset_plan
 
     done = set(done)
     plan = [members for members in subset_plan(list(paths), subset_size) if not all(p in done for p in members)]
