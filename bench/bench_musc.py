@@ -65,7 +65,7 @@ def measure_full(n: int, scale: int, batch: int, device: str, queries: int) -> d
            "embed_s": round(embed_s, 2), "embed_s_per_image": round(embed_s / n, 3)}
     t = time.perf_counter()
     if queries >= n:  # the method's own scoring call, all of it
-        pipeline.score_batch(emb)
+        pipeline.score(emb)
         _sync(backbone.device)
         out.update(score_s=round(time.perf_counter() - t, 2), score_s_per_image=round((time.perf_counter() - t) / n, 3))
     else:  # every (layer, r) aggregated in full, the MSM of `queries` query images timed and scaled by n/queries

@@ -44,8 +44,8 @@ def test_embedding_in_chunks_equals_one_pass(tiny_backbone):
     parts = MuscEmbeddings.concat([p.embed(images[i : i + 2]) for i in range(0, 5, 2)])
     torch.testing.assert_close(parts.cls, whole.cls)
     torch.testing.assert_close(parts.tokens, whole.tokens)
-    a = [r.score for r in p.score_batch(whole)]
-    b = [r.score for r in p.score_batch(parts)]
+    a = [r.score for r in p.score(whole)]
+    b = [r.score for r in p.score(parts)]
     assert a == pytest.approx(b, abs=1e-6)
 
 
@@ -66,7 +66,7 @@ def test_score_is_rscin_of_the_map_maximum(tiny_backbone):
     opt = MuscOptions(scale=64, r_values=(1, 3), rscin_windows=(1, 2))
     p = MuscPipeline(tiny_backbone, opt, "object")
     emb = p.embed(product_images(4, defect=1))
-    results = p.score_batch(emb)
+    results = p.score(emb)
     raw = musc.mutual_map([emb.tokens[:, k] for k in range(emb.tokens.shape[1])], (1, 3), opt.fraction)
     vision = (0.5 * raw).clamp(0, 1)
     torch.testing.assert_close(torch.stack([r.map for r in results]), vision)

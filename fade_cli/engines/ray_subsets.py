@@ -7,7 +7,7 @@ The driver cuts the inputs into the method's subsets exactly as the local engine
                model once); an actor reads and checks its chunk's files itself, an unreadable
                file comes back as its error line
     score      one actor task per subset: the subset's embeddings (through the object store)
-               are joined and scored with `pipeline.score_batch`, and that task writes the
+               are joined and scored with `pipeline.score`, and that task writes the
                subset's maps / overlays / masks (atomic writes) and returns its rows
 
 so the rows, files and error lines equal the local engine's. At most `LOOKAHEAD` subsets are
@@ -78,7 +78,7 @@ class _SubsetWorker:
             for p in readable:
                 outcomes[p].error = TOO_FEW
         else:
-            results = self.pipeline.score_batch(type(parts[0]).concat(parts))
+            results = self.pipeline.score(pipeline.concat_embeddings(parts))
             ms = (time.perf_counter() - t) * 1000.0 / len(readable)
             for p, res in zip(readable, results):
                 if p in done:

@@ -7,7 +7,7 @@ each subset is scored as one batch:
   embedding pass   files read ahead in threads, embedded --batch-size at a time (the same
                    embeddings for any chunk size); a file that cannot be read is one error
                    outcome and is left out of its subset
-  scoring          `pipeline.score_batch` over the subset's embeddings
+  scoring          `pipeline.score` over the subset's embeddings
   outputs          rows and (segment) files per image, written atomically, as `runner.score_chunk`
 
 `--resume`: the subsets are cut from all inputs, finished or not, so they are the same as in
@@ -73,7 +73,7 @@ def score_subset(pipeline, members: Sequence[Path], spec: ScorerSpec, output: Ou
         for p in readable:
             outcomes[p].error = TOO_FEW
     else:
-        results = pipeline.score_batch(type(parts[0]).concat(parts))
+        results = pipeline.score(pipeline.concat_embeddings(parts))
         ms = (time.perf_counter() - t) * 1000.0 / len(readable)
         for p, res in zip(readable, results):
             if p not in done:

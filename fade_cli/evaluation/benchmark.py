@@ -90,7 +90,7 @@ def evaluate_class(
     if not split.test:
         raise DatasetError(f"class {split.class_name}: no test images")
     zero = make_pipeline(split.class_name)
-    if getattr(zero, "batch_method", False) and any(r.shots for r in runs):
+    if getattr(zero, "scores_whole_batch", False) and any(r.shots for r in runs):
         raise UsageError(f"--shots: {zero.method_label} is zero-shot (it scores the test images against each other); use --shots 0")
     few = zero.few_shot_variant() if any(r.shots for r in runs) else None
     ref_cache: dict[Path, MemoryBank] = {}
@@ -117,7 +117,7 @@ def evaluate_class(
 
     def scored_chunks():
         """(chunk of (sample, (image, mask)), {run: Results}) in test order."""
-        if getattr(zero, "batch_method", False):  # MuSc: each subset of the test set scored together
+        if getattr(zero, "scores_whole_batch", False):  # MuSc: each subset of the test set scored together
             yield from _scored_subsets(zero, split.test, read, batch_size)
             return
         with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
@@ -162,7 +162,7 @@ def _scored_subsets(pipeline, samples, read, batch_size: int):
             chunk = [(s, item) for s, item in reads]
         parts = [pipeline.embed([image for _, (image, _) in chunk[i : i + batch_size]])
                  for i in range(0, len(chunk), batch_size)]
-        yield chunk, {Run(0, 0): pipeline.score_batch(type(parts[0]).concat(parts))}
+        yield chunk, {Run(0, 0): pipeline.score(pipeline.concat_embeddings(parts))}
 
 
 def _save_inspection(maps_dir, overlays_dir, run: Run, split: ClassSplit, path: Path, image, grid_map, size: int) -> None:

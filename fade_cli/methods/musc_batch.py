@@ -2,7 +2,7 @@
 
 A batch method: an image's score depends on the other images it is scored with. The inputs
 are cut into subsets (`subsets`), each subset is embedded chunk by chunk (`embed`, any chunk
-size gives the same embeddings) and then scored as a whole (`score_batch`):
+size gives the same embeddings) and then scored as a whole (`score`):
 
   vision   = clamp(m · mutual map, 0, 1)       m = 0.5: a distance of unit vectors is in [0, 2]
   v-score  = RsCIN(max of vision)
@@ -113,7 +113,8 @@ class MuscPipeline:
     """MuSc for one product class: `pipeline(images) -> list[Result]` scores the images together."""
 
     few_shot = False
-    batch_method = True  # scores depend on the whole batch: runners score subsets, not chunks
+    scores_whole_batch = True  # scores depend on the whole batch: engines score subsets, not chunks
+    reference_bank = None
     method_label = "musc"
 
     def __init__(self, backbone: Backbone, options: MuscOptions, class_name: str, language=None):
@@ -159,12 +160,19 @@ class MuscPipeline:
             out.language_score = torch.tensor([r.score for r in results], device=tokens.device)
         return out
 
-    def score_batch(self, emb: MuscEmbeddings) -> list[Result]:
+    @staticmethod
+    def concat_embeddings(parts: Sequence[MuscEmbeddings]) -> MuscEmbeddings:
+        """One subset's embeddings from those of its chunks (whole-batch methods' engines use this)."""
+        return MuscEmbeddings.concat(parts)
+
+    def score(self, emb: MuscEmbeddings, reference_bank=None) -> list[Result]:
         """Score the images of one subset against each other (at least two)."""
+        if reference_bank is not None:
+            raise UsageError("--method musc is zero-shot: it takes no reference bank")
         return score_embeddings(self.options, emb)
 
     def __call__(self, images: Sequence[Image.Image]) -> list[Result]:
-        return self.score_batch(self.embed(images))
+        return self.score(self.embed(images))
 
 
 def score_embeddings(opt: MuscOptions, emb: MuscEmbeddings) -> list[Result]:
