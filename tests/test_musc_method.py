@@ -86,9 +86,9 @@ def test_language_fusion_is_a_weighted_mean(tiny_backbone, tmp_path):
 
     images = product_images(3, defect=0)
     cache = TextEncoderCache(tiny_backbone, tmp_path)
-    config = FadeConfig(cls_scale=64, seg_scales=(64, 96))
-    fused = MuscPipeline.from_config(tiny_backbone, MuscOptions(scale=64, language_weight=0.25), "object", cache, config)
-    alone = MuscPipeline.from_config(tiny_backbone, MuscOptions(scale=64), "object", cache, config)
+    config = FadeConfig(cls_scale=64, seg_scales=(64, 96), classification="language", segmentation="language")
+    fused = MuscPipeline.from_config(tiny_backbone, MuscOptions(scale=64, language_weight=0.25, language=config), "object", cache)
+    alone = MuscPipeline.from_config(tiny_backbone, MuscOptions(scale=64, language=config), "object", cache)
     assert alone.language is None and fused.banks and not alone.banks
     lang = fused.language(images)
     mutual = alone(images)
@@ -100,3 +100,30 @@ def test_language_fusion_is_a_weighted_mean(tiny_backbone, tmp_path):
         torch.testing.assert_close(f.map, expected_map, atol=1e-6, rtol=1e-5)
         assert f.score == pytest.approx(0.75 * m.score + 0.25 * l.score, abs=1e-6)
         assert f.language_score == pytest.approx(l.score, abs=1e-6)
+
+
+def test_registry_entry_options():
+    from fade_cli.methods.musc_batch import MUSC
+
+    assert MUSC.scores_whole_batch and "language_weight" in MUSC.flags and "windows" not in MUSC.flags
+    defaults = MUSC.options({})
+    assert (defaults.scale, defaults.layers, defaults.r_values, defaults.fraction, defaults.rscin_windows,
+            defaults.language_weight, defaults.subset_size) == (512, None, (1, 3, 5), 0.3, (1, 2, 3), 0.0, 200)
+    assert defaults.language.segmentation == defaults.language.classification == "language"
+    opt = MUSC.options({"layers": "2,5", "r_values": "1,3", "rscin_windows": "none", "musc_scale": 240,
+                        "language_weight": 0.4, "scales": "240,448", "seg_prompts": ["winclip"]})
+    assert (opt.layers, opt.r_values, opt.rscin_windows, opt.scale) == ((2, 5), (1, 3), (), 240)
+    assert opt.language.seg_scales == (240, 448) and opt.language.seg_prompts == ("winclip",)
+    assert MUSC.prompt_sets(MUSC.options({}), "bottle") == []
+    assert MUSC.prompt_sets(opt, "bottle")
+    for bad, flag in (({"r_values": "x"}, "--r-values"), ({"r_values": "2"}, "--r-values"),
+                      ({"lowest_fraction": 1.5}, "--lowest-fraction"), ({"subset_size": 1}, "--subset-size")):
+        with pytest.raises(UsageError, match=flag):
+            MUSC.options(bad)
+
+
+def test_registry_entry_refuses_references(tiny_backbone):
+    from fade_cli.methods.musc_batch import MUSC
+
+    with pytest.raises(UsageError, match="zero-shot"):
+        MUSC.pipeline(tiny_backbone, MUSC.options({"musc_scale": 64}), "object", few_shot=True)

@@ -47,6 +47,7 @@ class MuscOptions:
     language_weight: float = 0.0
     subset_size: int = DEFAULT_SUBSET_SIZE
     block_elements: int = musc.DEFAULT_BLOCK_ELEMENTS
+    language: FadeConfig = FadeConfig(classification="language", segmentation="language")  # with language_weight > 0
 
     def check(self) -> list[str]:
         errs = []
@@ -132,12 +133,10 @@ class MuscPipeline:
         self.language = language  # a language-only FadePipeline, with --language-weight > 0
 
     @classmethod
-    def from_config(cls, backbone: Backbone, options: MuscOptions, class_name: str, text_cache=None,
-                    fade_config: FadeConfig | None = None) -> "MuscPipeline":
+    def from_config(cls, backbone: Backbone, options: MuscOptions, class_name: str, text_cache=None) -> "MuscPipeline":
         language = None
         if options.language_weight > 0:
-            config = replace(fade_config or FadeConfig(), classification="language", segmentation="language")
-            language = FadePipeline.from_config(backbone, config, class_name, text_cache=text_cache)
+            language = FadePipeline.from_config(backbone, options.language, class_name, text_cache=text_cache)
         return cls(backbone, options, class_name, language)
 
     @property
@@ -190,3 +189,72 @@ def score_embeddings(opt: MuscOptions, emb: MuscEmbeddings) -> list[Result]:
     fused = ((1.0 - w) * resize_map(vision, (g, g)) + w * resize_map(emb.language_map.float(), (g, g))).clamp(0, 1)
     score = ((1.0 - w) * vision_score + w * emb.language_score.float()).clamp(0, 1)
     return to_results(score, fused, language=emb.language_score, vision=vision_score)
+
+
+# ---- registry entry ---------------------------------------------------------------------------
+# the MuSc flags, and FADE's language flags (they shape the language map fused with --language-weight)
+MUSC_FLAGS = frozenset({"musc_scale", "layers", "r_values", "lowest_fraction", "rscin_windows", "language_weight",
+                        "subset_size", "scales", "cls_scale", "cls_prompts", "seg_prompts"})
+
+
+def _ints(values, flag: str, allow_empty: bool = False) -> tuple[int, ...] | None:
+    text = str(values).strip()
+    if allow_empty and text.lower() in ("", "none"):
+        return ()
+    try:
+        out = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--{flag} {text!r}: expected comma-separated integers") from None
+    if not out and not allow_empty:
+        raise UsageError(f"--{flag}: give at least one value")
+    return out
+
+
+@dataclass(frozen=True)
+class MuscMethod:
+    """The MuSc registry entry: zero-shot, scores whole subsets."""
+
+    name: str = "musc"
+    flags: frozenset[str] = MUSC_FLAGS
+    scores_whole_batch: bool = True
+    zero_shot_only: bool = True  # --refs / --bank / --shots are refused
+
+    def options(self, values, map_size: int = 448) -> MuscOptions:
+        from .base import parse_scales, split_list
+
+        defaults, fade = MuscOptions(), FadeConfig()
+        layers = values.get("layers")
+        language = replace(defaults.language, cls_scale=int(values.get("cls_scale", fade.cls_scale)),
+                           seg_scales=parse_scales(str(values.get("scales", "240,448,896"))),
+                           cls_prompts=split_list(values.get("cls_prompts")) or fade.cls_prompts,
+                           seg_prompts=split_list(values.get("seg_prompts")) or fade.seg_prompts, smooth_size=map_size)
+        options = MuscOptions(
+            scale=int(values.get("musc_scale", defaults.scale)),
+            layers=_ints(layers, "layers") if layers not in (None, "", "auto") else None,
+            r_values=_ints(values.get("r_values", "1,3,5"), "r-values"),
+            fraction=float(values.get("lowest_fraction", defaults.fraction)),
+            rscin_windows=_ints(values.get("rscin_windows", "1,2,3"), "rscin-windows", allow_empty=True),
+            language_weight=float(values.get("language_weight", defaults.language_weight)),
+            subset_size=int(values.get("subset_size", defaults.subset_size)),
+            language=language,
+        )
+        problems = options.check() + (language.check() if options.language_weight > 0 else [])
+        if problems:
+            raise UsageError(problems[0])
+        return options
+
+    def pipeline(self, backbone, options: MuscOptions, class_name: str, reference_bank=None, text_cache=None,
+                 few_shot: bool | None = None) -> MuscPipeline:
+        if reference_bank is not None or few_shot:
+            raise UsageError("--method musc is zero-shot (it scores the images against each other): no --refs or --bank")
+        return MuscPipeline.from_config(backbone, options, class_name, text_cache)
+
+    def prompt_sets(self, options: MuscOptions, class_name: str) -> list:
+        if options.language_weight <= 0:
+            return []
+        from .fade import FADE
+
+        return FADE.prompt_sets(options.language, class_name)
+
+
+MUSC = MuscMethod()
