@@ -220,7 +220,10 @@ class MuscMethod:
     zero_shot_only: bool = True  # --refs / --bank / --shots are refused
 
     def options(self, values, map_size: int = 448) -> MuscOptions:
-        from .base import parse_scales, split_list
+        try:
+            from .base import parse_scales, split_list
+        except ImportError:  # before the registry lands (TODO i17: drop after rebase)
+            from ..cli.common import parse_scales, split_list
 
         defaults, fade = MuscOptions(), FadeConfig()
         layers = values.get("layers")
