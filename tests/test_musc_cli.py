@@ -118,3 +118,41 @@ def test_eval_zero_shot_and_refuses_shots(capsys, monkeypatch, tmp_path):
     assert all(0.0 <= v <= 100.0 for v in results["classes"][0]["runs"][0]["metrics"].values())
     code, stdout, stderr = run(capsys, monkeypatch, *args, "--shots", "0,1", cache=tmp_path / "c")
     assert code == 2 and "--shots" in stderr and "musc" in stderr
+
+
+# ---- on a local Ray (pytest -m ray) ---------------------------------------------------------
+
+def _fade_process(cwd: Path, cache: Path, *args) -> tuple[int, str, str]:
+    """The real entry point in a fresh process; one torch thread as the Ray actors have."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FADE_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "fade_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.ray
+def test_ray_engine_same_rows_files_and_errors(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'fade-cli[ray]')", exc_type=ImportError)
+    d = tmp_path / "line"
+    d.mkdir()
+    for i, img in enumerate(product_images(7, defect=3)):
+        img.save(d / f"img{i}.png")
+    (d / "img5b.png").write_bytes(b"\x89PNG broken")
+    common = ["segment", "line", *MUSC[:-1], "--subset-size", "4", "--batch-size", "2"]
+    local = _fade_process(tmp_path, tmp_path / "c", *common, "--out", "out_local")
+    ray = _fade_process(tmp_path, tmp_path / "c", *common, "--out", "out_ray", "--engine", "ray", "--actors", "2")
+    assert local[0] == ray[0] == 1, (local[2], ray[2])
+    strip = lambda out: [{k: v for k, v in r.items() if k not in ("ms", "outputs")} for r in _rows(out)]  # noqa: E731
+    assert strip(ray[1]) == strip(local[1]) and len(strip(local[1])) == 7
+    errors = lambda err: [l for l in err.splitlines() if l.startswith("fade: line/")]  # noqa: E731
+    assert errors(ray[2]) == errors(local[2]) and len(errors(local[2])) == 1
+    import numpy as np
+
+    for r in _rows(local[1]):
+        other = Path(r["outputs"]["map"].replace("out_local", "out_ray"))
+        assert np.allclose(np.load(tmp_path / r["outputs"]["map"]), np.load(tmp_path / other), atol=1e-6)
