@@ -109,6 +109,11 @@ class MuscEmbeddings:
     def __len__(self) -> int:
         return self.cls.shape[0]
 
+    def to(self, device) -> "MuscEmbeddings":
+        """The same embeddings on `device` (the Ray engine ships them between actors on the host)."""
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return MuscEmbeddings(move(self.cls), move(self.tokens), move(self.language_map), move(self.language_score))
+
 
 class MuscPipeline:
     """MuSc for one product class: `pipeline(images) -> list[Result]` scores the images together."""
