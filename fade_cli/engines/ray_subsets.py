@@ -54,7 +54,8 @@ class _SubsetWorker:
 
         parts, readable, errors, _ = embed_subset(self.pipeline, [Path(p) for p in paths], self.output.max_pixels,
                                                   batch_size=len(paths), keep_images=False)
-        return (parts[0] if parts else None), [str(p) for p in readable], {str(p): e for p, e in errors.items()}
+        part = parts[0].to("cpu") if parts else None  # through the object store on the host
+        return part, [str(p) for p in readable], {str(p): e for p, e in errors.items()}
 
     def score(self, members: list[str], done: list[str], *embedded) -> list[tuple[str, dict | None, str | None]]:
         """Join the subset's embedded chunks, score them together, write outputs: (path, row, error)."""
@@ -78,7 +79,8 @@ class _SubsetWorker:
             for p in readable:
                 outcomes[p].error = TOO_FEW
         else:
-            results = self.pipeline.score(pipeline.concat_embeddings(parts))
+            joined = self.pipeline.concat_embeddings(parts).to(self.pipeline.backbone.device)
+            results = self.pipeline.score(joined)
             ms = (time.perf_counter() - t) * 1000.0 / len(readable)
             for p, res in zip(readable, results):
                 if p in done:
