@@ -120,7 +120,9 @@ def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path],
         spec = replace(spec, cache_dir=spec.cache_dir or default_cache_dir())
         if gpus and spec.device.startswith("cuda"):
             spec = replace(spec, device="cuda")  # an actor sees only its own GPU, as cuda:0
-        worker = ray.remote(num_cpus=cpus, num_gpus=gpus)(_SubsetWorker)
+        # a dead actor is restarted (it loads the model again) and its calls retried: outputs are
+        # written atomically with the same content, so a retried subset is harmless
+        worker = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2)(_SubsetWorker)
         texts = ray.put(dict(text_embeddings or {}))
         pool = [worker.remote(spec, output, texts, os.getcwd(), threads) for _ in range(n)]
         turn = iter(range(10**12))
