@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fade_cli.methods.fade import FadeConfig
 from fade_cli.methods.musc_batch import MuscOptions, MuscPipeline
 from fade_cli.engines.runner import OutputSpec, ScorerSpec
 from fade_cli.engines.subsets import TOO_FEW, score_subsets, subset_plan
@@ -26,7 +25,7 @@ def product_dir(tmp_path: Path) -> list[Path]:
     return paths
 
 
-SPEC = ScorerSpec(method="musc", class_name="object", config=FadeConfig(), model="fade-tiny", pretrained="none", device="cpu")
+SPEC = ScorerSpec(method="musc", class_name="object", options=MuscOptions(), model="fade-tiny", pretrained="none", device="cpu")
 
 
 def _pipeline(backbone, **options) -> MuscPipeline:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Collection, Iterator, Sequence
 
 from ..errors import FadeError
-from ..prompts.text import default_cache_dir
 from .runner import Outcome, OutputSpec, ScorerSpec
 
 LOOKAHEAD = 2  # subsets embedded ahead of the one being scored
@@ -33,10 +32,9 @@ LOOKAHEAD = 2  # subsets embedded ahead of the one being scored
 class _SubsetWorker:
     """A Ray actor: the method's pipeline, loaded once; embeds chunks and scores subsets."""
 
-    def __init__(self, spec: ScorerSpec, output: OutputSpec, texts: dict, cwd: str, threads: int | None):
+    def __init__(self, spec: ScorerSpec, output: OutputSpec, text_cache, cwd: str, threads: int | None):
         import torch
 
-        from .ray import MemoTextCache
         from .runner import build_pipeline, load_spec_backbone
 
         if os.path.isdir(cwd):
@@ -44,8 +42,8 @@ class _SubsetWorker:
         if threads:
             torch.set_num_threads(threads)
         backbone = load_spec_backbone(spec)
-        cache = MemoTextCache(backbone, spec.cache_dir, frame=spec.config.text_frame, enabled=spec.use_cache, memo=texts)
-        self.pipeline = build_pipeline(spec, backbone, None, cache)
+        # the driver's cache, memo included: the language prompts are answered from memory
+        self.pipeline = build_pipeline(spec, backbone, None, text_cache.bind(backbone))
         self.spec, self.output = spec, output
 
     def embed(self, paths: list[str]):
@@ -98,7 +96,7 @@ class _SubsetWorker:
 
 def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path], subset_size: int, *,
                     batch_size: int = 1, actors: int | None = None, address: str | None = None,
-                    text_embeddings: dict | None = None, done: Collection[Path] = (), log=None,
+                    text_cache=None, done: Collection[Path] = (), log=None,
                     quiet: bool = False) -> Iterator[Outcome]:
     """Outcomes for every path not in `done`, in input order, scored subset by subset on Ray."""
     from .ray import _init_ray, actor_resources, require_ray
@@ -117,14 +115,13 @@ def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path],
         if log:
             log(f"ray: {n} actor(s) × ({cpus:g} CPU{', 1 GPU' if gpus else ''}), {len(plan)} subset(s), "
                 f"embedding batches of {batch_size}")
-        spec = replace(spec, cache_dir=spec.cache_dir or default_cache_dir())
         if gpus and spec.device.startswith("cuda"):
             spec = replace(spec, device="cuda")  # an actor sees only its own GPU, as cuda:0
         # a dead actor is restarted (it loads the model again) and its calls retried: outputs are
         # written atomically with the same content, so a retried subset is harmless
         worker = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=2, max_task_retries=2)(_SubsetWorker)
-        texts = ray.put(dict(text_embeddings or {}))
-        pool = [worker.remote(spec, output, texts, os.getcwd(), threads) for _ in range(n)]
+        shared = ray.put(text_cache)
+        pool = [worker.remote(spec, output, shared, os.getcwd(), threads) for _ in range(n)]
         turn = iter(range(10**12))
 
         def submit(members: list[Path]):

@@ -124,9 +124,13 @@ def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
 
     Files are read in threads a few ahead of the chunk being scored (`io.read_ahead`), so
     decoding overlaps the model: on a GPU, reading one file at a time would bound throughput.
-    A method that scores whole batches (`scores_whole_batch`) gets all of `paths` in one chunk."""
+    A method that scores whole batches (`scores_whole_batch`) scores the subsets of `paths`
+    instead (`engines/subsets.py`)."""
     if pipeline.scores_whole_batch:
-        batch_size = max(len(paths), 1)
+        from .subsets import score_subsets
+
+        yield from score_subsets(pipeline, paths, spec, output, batch_size)
+        return
     reads = read_ahead(paths, lambda p: _read(p, output.max_pixels), ahead=max(2 * batch_size, 8))
     try:
         while chunk := list(itertools.islice(reads, batch_size)):

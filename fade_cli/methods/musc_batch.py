@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..model.backbone import Backbone, preprocess_batch
 from . import musc
-from .base import Result, to_results
+from .base import PipelineBase, Result, to_results
 from .fade import FadeConfig, FadePipeline
 from .guidance import resize_map
 
@@ -115,7 +115,7 @@ class MuscEmbeddings:
         return MuscEmbeddings(move(self.cls), move(self.tokens), move(self.language_map), move(self.language_score))
 
 
-class MuscPipeline:
+class MuscPipeline(PipelineBase):
     """MuSc for one product class: `pipeline(images) -> list[Result]` scores the images together."""
 
     few_shot = False
@@ -147,6 +147,16 @@ class MuscPipeline:
     @property
     def config(self) -> MuscOptions:
         return self.options
+
+    @property
+    def bank_layout(self):
+        raise UsageError("--method musc is zero-shot: it has no reference bank")
+
+    def few_shot_variant(self):
+        raise UsageError("--method musc is zero-shot: it has no few-shot variant")
+
+    def explain(self, images):
+        raise UsageError("explain does not apply to --method musc: it uses no prompts")
 
     @property
     def banks(self) -> list[str]:
@@ -225,10 +235,7 @@ class MuscMethod:
     zero_shot_only: bool = True  # --refs / --bank / --shots are refused
 
     def options(self, values, map_size: int = 448) -> MuscOptions:
-        try:
-            from .base import parse_scales, split_list
-        except ImportError:  # before the registry lands (TODO i17: drop after rebase)
-            from ..cli.common import parse_scales, split_list
+        from .base import parse_scales, split_list
 
         defaults, fade = MuscOptions(), FadeConfig()
         layers = values.get("layers")
