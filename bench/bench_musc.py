@@ -17,6 +17,7 @@ Two measurements, each N in a fresh process (peak RSS only grows):
     python bench/bench_musc.py full --n 16 --queries 4          # CPU here: ~2-3 min
     python bench/bench_musc.py scoring --n 16,64,200 --queries 2
     python bench/bench_musc.py full --n 16,64,200 --device cuda   # on a GPU
+    ... --csv bench/results.csv                                     # also append the numbers there
 """
 
 from __future__ import annotations
@@ -121,6 +122,30 @@ def measure_scoring(n: int, scale: int, layers: int, queries: int, device: str) 
             "token_mb": round(layers * n * grid * grid * 896 * 4 / 2**20)}
 
 
+def _append_csv(path: str, r: dict, args) -> None:
+    """One row per measured quantity, in bench/results.csv's columns."""
+    import csv
+    import os
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    machine = f"{platform.processor() or platform.machine()} x{os.cpu_count()} torch{torch.__version__} threads{torch.get_num_threads()}"
+    peak = r.get("peak_rss_above_model_mb", r.get("peak_rss_above_start_mb"))
+    rows = [("embed", r.get("embed_s")), ("score", r.get("score_s")), ("score_extrapolated", r.get("score_s_extrapolated"))]
+    new = not Path(path).exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["date", "machine", "device", "scales", "batch", "what", "seconds", "gflops", "peak_rss_mb"])
+        if new:
+            w.writeheader()
+        for what, seconds in rows:
+            if seconds is not None:
+                w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "device": args.device,
+                            "scales": str(args.scale), "batch": args.batch, "what": f"musc_{r['mode']}_n{r['n']}_{what}",
+                            "seconds": seconds, "gflops": "", "peak_rss_mb": peak})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("full", "scoring"))
@@ -131,6 +156,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=0,
                     help="query images whose MSM is timed per (layer, r), the rest extrapolated; 0: all (full), 2 (scoring)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--csv", help="also append the results to this CSV (bench/results.csv's columns)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure this N here
     args = ap.parse_args()
     if args.one is not None:
@@ -148,7 +174,10 @@ def main() -> None:
         if res.returncode:
             print(f"N={n}: failed (exit {res.returncode})")
             continue
-        print(res.stdout.strip().splitlines()[-1], flush=True)
+        line = res.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        if args.csv:
+            _append_csv(args.csv, json.loads(line), args)
 
 
 if __name__ == "__main__":
