@@ -53,9 +53,10 @@ def test_same_scores_for_batch_sizes_and_equivalent_subset_sizes(capsys, monkeyp
     assert _scores(stdout) != outs[0]  # one subset of six is another computation
 
 
-@pytest.mark.parametrize("flag", [["--refs", "REFS"], ["--bank", "BANK"], ["--shots", "1"]])
+@pytest.mark.parametrize("flag", [["--refs", "REFS"], ["--refs", "MISSING"], ["--bank", "BANK"], ["--shots", "1"]])
 def test_reference_flags_are_refused_with_one_line(capsys, monkeypatch, line, tmp_path, flag):
-    args = [a.replace("REFS", str(line)).replace("BANK", str(tmp_path / "b.npz")) for a in flag]
+    args = [a.replace("REFS", str(line)).replace("MISSING", str(tmp_path / "nothing")).replace("BANK", str(tmp_path / "b.npz"))
+            for a in flag]
     code, stdout, stderr = run(capsys, monkeypatch, "detect", str(line), *MUSC, *args, cache=tmp_path / "c")
     lines = [l for l in stderr.splitlines() if l.strip()]
     assert code == 2 and stdout == "" and len(lines) == 1, stderr

@@ -73,12 +73,12 @@ def _run(
         if item.error:
             failures.report(item.path, item.error)
     todo = [i.path for i in items if not i.error]
+    refuse_references(method, refs=refs, bank=bank, shots=shots)  # zero-shot-only methods, before reading refs
     ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
 
     spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
-    refuse_references(spec.method, refs=refs, bank=bank, shots=shots)
 
     t0 = time.perf_counter()
     backbone = load_spec_backbone(spec)
