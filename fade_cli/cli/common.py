@@ -116,6 +116,15 @@ SmoothOpt = Annotated[Optional[float], typer.Option("--smooth", min=0.0, metavar
 FgMatchingOpt = Annotated[Optional[bool], typer.Option("--fg-matching/--no-fg-matching", help="FiLo++: few-shot vision scores count only inside the estimated object (no effect zero-shot). Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
 PromptFilterOpt = Annotated[Optional[str], typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0, the default), filo (FiLo++ overlap interval) or none.", show_default=False)]
 
+MUSC_PANEL = "MuSc (--method musc: zero-shot, the images scored against each other)"
+MuscScaleOpt = Annotated[int, typer.Option("--musc-scale", help="musc: input size in pixels (a multiple of the patch size); 512 gives a 32x32 patch grid.", rich_help_panel=MUSC_PANEL)]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="musc: 0-based ViT blocks whose patch tokens are compared, comma-separated. Default: the last block of each quarter (2,5,8,11 for ViT-B-16-plus-240, as MuSc's scripts).", show_default=False, rich_help_panel=MUSC_PANEL)]
+RValuesOpt = Annotated[str, typer.Option("--r-values", help="musc: aggregation degrees r (mean over r x r neighbourhoods), odd, comma-separated.", rich_help_panel=MUSC_PANEL)]
+LowestFractionOpt = Annotated[float, typer.Option("--lowest-fraction", help="musc: a patch scores the mean of its nearest-patch distances to this fraction of the other images, the closest ones.", rich_help_panel=MUSC_PANEL)]
+RscinWindowsOpt = Annotated[str, typer.Option("--rscin-windows", help="musc: RsCIN window sizes k (each image's k most similar images by CLS embedding, itself included), comma-separated; none = no re-ranking. MuSc: 1,2,3 for MVTec-AD, 1,8,9 for VisA.", rich_help_panel=MUSC_PANEL)]
+LanguageWeightOpt = Annotated[float, typer.Option("--language-weight", help="musc: weight w of FADE's language map and score (--scales, --cls-scale, --seg-prompts shape them): map = (1-w)*mutual + w*language. 0: MuSc alone, no language pass.", rich_help_panel=MUSC_PANEL)]
+SubsetSizeOpt = Annotated[int, typer.Option("--subset-size", help="musc: images scored together; more inputs are cut, in order, into subsets of balanced size. Scoring costs N^2 per subset; memory about 15 MB per image at the defaults.", rich_help_panel=MUSC_PANEL)]
+
 
 def progress_bar(total: int, quiet: bool) -> Progress | None:
     if quiet or not sys.stderr.isatty():
@@ -208,6 +217,18 @@ def refuse_inapplicable_flags(ctx, method) -> None:
 def _given(ctx, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name == "COMMANDLINE"
+
+
+def refuse_references(method_name: str, **flags) -> None:
+    """UsageError (exit 2) for --refs / --bank / --shots with a method that is zero-shot only."""
+    from ..methods import get_method
+
+    method = get_method(method_name)
+    if getattr(method, "zero_shot_only", False):
+        for name, value in flags.items():
+            if value:
+                raise UsageError(f"--{name} does not apply to --method {method.name}: it is zero-shot "
+                                 f"(it scores the images against each other)")
 
 
 def scorer_spec(ctx, method_name: str, class_name: str, model: str, pretrained: str, device: str, precision: str,

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
+    LanguageWeightOpt, LayersOpt, LowestFractionOpt, MuscScaleOpt, RscinWindowsOpt, RValuesOpt, SubsetSizeOpt,
     BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt, MultOpt,
     MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
     PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log,
@@ -53,6 +54,13 @@ def eval_command(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    musc_scale: MuscScaleOpt = 512,
+    layers: LayersOpt = None,
+    r_values: RValuesOpt = "1,3,5",
+    lowest_fraction: LowestFractionOpt = 0.3,
+    rscin_windows: RscinWindowsOpt = "1,2,3",
+    language_weight: LanguageWeightOpt = 0.0,
+    subset_size: SubsetSizeOpt = 200,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,

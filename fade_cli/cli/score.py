@@ -19,12 +19,13 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
+    LanguageWeightOpt, LayersOpt, LowestFractionOpt, MuscScaleOpt, RscinWindowsOpt, RValuesOpt, SubsetSizeOpt,
     ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
     Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
     NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, OverwriteOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
     PromptFilterOpt, QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt,
     ShotsOpt, SmoothOpt, ThresholdOpt, VerboseOpt, VisFeatOpt, WeightOpt, WindowsOpt, checked_number, log,
-    progress_bar, reference_paths, report_skipped, scorer_spec,
+    progress_bar, reference_paths, refuse_references, report_skipped, scorer_spec,
 )
 
 
@@ -89,6 +90,7 @@ def _score(
         raise UsageError("no input images given")
     report_skipped(scanned, verbose)
     todo = [i.path for i in items if not i.error]
+    refuse_references(method, refs=refs, bank=bank, shots=shots)  # zero-shot-only methods, before reading refs
     ref_paths = reference_paths(refs, shots, shots_seed, items, verbose) if refs else []
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
@@ -160,7 +162,18 @@ def _score(
     progress = progress_bar(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
     pending = [p for p in todo if p not in already]
-    if engine == "ray":  # same outcomes, same order, scored by Ray Data actors (fade_cli/engines/ray.py)
+    if pipeline.scores_whole_batch:  # MuSc: subsets of all inputs, each scored as a whole (engines/subsets.py)
+        from ..engines.subsets import score_subsets
+
+        if engine == "ray":
+            from ..engines.ray_subsets import run_ray_subsets
+
+            results = run_ray_subsets(spec, output, todo, pipeline.options.subset_size, batch_size=batch_size,
+                                      actors=actors, address=ray_address, text_cache=cache, done=already,
+                                      log=lambda m: log(quiet, m), quiet=quiet)
+        else:
+            results = score_subsets(pipeline, todo, spec, output, batch_size, done=already)
+    elif engine == "ray":  # same outcomes, same order, scored by Ray Data actors (fade_cli/engines/ray.py)
         from ..engines.ray import run_ray
 
         results = run_ray(spec, output, reference_bank, pending, batch_size=batch_size, actors=actors,
@@ -226,6 +239,13 @@ def detect(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    musc_scale: MuscScaleOpt = 512,
+    layers: LayersOpt = None,
+    r_values: RValuesOpt = "1,3,5",
+    lowest_fraction: LowestFractionOpt = 0.3,
+    rscin_windows: RscinWindowsOpt = "1,2,3",
+    language_weight: LanguageWeightOpt = 0.0,
+    subset_size: SubsetSizeOpt = 200,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -277,6 +297,13 @@ def segment(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    musc_scale: MuscScaleOpt = 512,
+    layers: LayersOpt = None,
+    r_values: RValuesOpt = "1,3,5",
+    lowest_fraction: LowestFractionOpt = 0.3,
+    rscin_windows: RscinWindowsOpt = "1,2,3",
+    language_weight: LanguageWeightOpt = 0.0,
+    subset_size: SubsetSizeOpt = 200,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,

@@ -94,26 +94,31 @@ def score_chunk(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
         results = dict(zip(loaded, pipeline(list(loaded.values()))))
         ms = (time.perf_counter() - t) * 1000.0 / len(loaded)
         for p, res in results.items():
-            row = {
-                "path": str(p),
-                "class": spec.class_name,
-                "score": round(res.score, 6),
-                "anomalous": res.score >= output.threshold,
-                "threshold": output.threshold,
-                "ms": round(ms, 1),
-                "method": pipeline.method_label,
-                "shots": output.shots,
-                "banks": pipeline.banks,
-            }
-            if output.out is not None:
-                try:
-                    stem = (output.stems or {}).get(p) or output_stem(p, output.base)
-                    row.update(write_segmentation(output.out, stem, loaded[p], res.map, output.pixel_threshold))
-                except OSError as exc:
-                    outcomes[p].error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
-                    continue
-            outcomes[p].row = row
+            finish_outcome(outcomes[p], pipeline, spec, output, res, loaded[p], ms)
     return [outcomes[p] for p in paths]
+
+
+def finish_outcome(outcome: Outcome, pipeline, spec: ScorerSpec, output: OutputSpec, res, image, ms: float) -> None:
+    """Fill `outcome` from one image's Result: its row, and for segment its files (or an error)."""
+    row = {
+        "path": str(outcome.path),
+        "class": spec.class_name,
+        "score": round(res.score, 6),
+        "anomalous": res.score >= output.threshold,
+        "threshold": output.threshold,
+        "ms": round(ms, 1),
+        "method": pipeline.method_label,
+        "shots": output.shots,
+        "banks": pipeline.banks,
+    }
+    if output.out is not None:
+        try:
+            stem = (output.stems or {}).get(outcome.path) or output_stem(outcome.path, output.base)
+            row.update(write_segmentation(output.out, stem, image, res.map, output.pixel_threshold))
+        except OSError as exc:
+            outcome.error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
+            return
+    outcome.row = row
 
 
 def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: OutputSpec,
@@ -122,9 +127,13 @@ def score_paths(pipeline, paths: Sequence[Path], spec: ScorerSpec, output: Outpu
 
     Files are read in threads a few ahead of the chunk being scored (`io.read_ahead`), so
     decoding overlaps the model: on a GPU, reading one file at a time would bound throughput.
-    A method that scores whole batches (`scores_whole_batch`) gets all of `paths` in one chunk."""
+    A method that scores whole batches (`scores_whole_batch`) scores the subsets of `paths`
+    instead (`engines/subsets.py`)."""
     if pipeline.scores_whole_batch:
-        batch_size = max(len(paths), 1)
+        from .subsets import score_subsets
+
+        yield from score_subsets(pipeline, paths, spec, output, batch_size)
+        return
     reads = read_ahead(paths, lambda p: _read(p, output.max_pixels), ahead=max(2 * batch_size, 8))
     try:
         while chunk := list(itertools.islice(reads, batch_size)):

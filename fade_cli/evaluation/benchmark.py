@@ -27,7 +27,7 @@ import torch
 
 from ..data.datasets import ClassSplit, DatasetError, load_mask, sample_references
 from ..data.io import atomic_write, load_image, overlay, read_ahead, save_npy, save_png
-from ..errors import ImageError
+from ..errors import ImageError, UsageError
 from ..methods.memory import MemoryBank
 from .metrics import evaluate, resize_map, resize_mask
 
@@ -90,6 +90,8 @@ def evaluate_class(
     if not split.test:
         raise DatasetError(f"class {split.class_name}: no test images")
     zero = make_pipeline(split.class_name)
+    if getattr(zero, "scores_whole_batch", False) and any(r.shots for r in runs):
+        raise UsageError(f"--shots: {zero.method_label} is zero-shot (it scores the test images against each other); use --shots 0")
     few = zero.few_shot_variant() if any(r.shots for r in runs) else None
     ref_cache: dict[Path, MemoryBank] = {}
     banks: dict[Run, MemoryBank] = {}
@@ -113,26 +115,31 @@ def evaluate_class(
             raise DatasetError(f"{sample.image}: {exc}") from None
         return image, (resize_mask(load_mask(sample.mask, image.size), eval_size) if has_masks else None)
 
-    if zero.scores_whole_batch:  # a batch method scores the whole test set of a class at once
-        batch_size = len(split.test)
-    with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
-        while chunk := list(itertools.islice(reads, batch_size)):
-            embeddings = zero.embed([image for _, (image, _) in chunk], extra_features=extra)
-            outcomes = {r: (few.score(embeddings, banks[r]) if r.shots else zero.score(embeddings)) for r in runs}
-            for i, (s, (image, mask)) in enumerate(chunk):
-                labels.append(s.label)
-                if has_masks:
-                    masks.append(mask)
-                row = {"path": str(s.image), "label": s.label, "defect": s.defect, "scores": {}}
-                for r in runs:
-                    res = outcomes[r][i]
-                    scores[r].append(res.score)
-                    grid_maps[r].append(res.map)
-                    row["scores"][r.label] = round(res.score, 6)
-                    _save_inspection(maps_dir, overlays_dir, r, split, s.image, image, res.map, eval_size)
-                result.images.append(row)
-                if on_image:
-                    on_image()
+    def scored_chunks():
+        """(chunk of (sample, (image, mask)), {run: Results}) in test order."""
+        if getattr(zero, "scores_whole_batch", False):  # MuSc: each subset of the test set scored together
+            yield from _scored_subsets(zero, split.test, read, batch_size)
+            return
+        with contextlib.closing(read_ahead(split.test, read, ahead=max(2 * batch_size, 8))) as reads:
+            while chunk := list(itertools.islice(reads, batch_size)):
+                embeddings = zero.embed([image for _, (image, _) in chunk], extra_features=extra)
+                yield chunk, {r: (few.score(embeddings, banks[r]) if r.shots else zero.score(embeddings)) for r in runs}
+
+    for chunk, outcomes in scored_chunks():
+        for i, (s, (image, mask)) in enumerate(chunk):
+            labels.append(s.label)
+            if has_masks:
+                masks.append(mask)
+            row = {"path": str(s.image), "label": s.label, "defect": s.defect, "scores": {}}
+            for r in runs:
+                res = outcomes[r][i]
+                scores[r].append(res.score)
+                grid_maps[r].append(res.map)
+                row["scores"][r.label] = round(res.score, 6)
+                _save_inspection(maps_dir, overlays_dir, r, split, s.image, image, res.map, eval_size)
+            result.images.append(row)
+            if on_image:
+                on_image()
 
     y = np.asarray(labels, dtype=int)
     if y.min() == y.max():
@@ -142,6 +149,20 @@ def evaluate_class(
         maps = resize_map(torch.stack(grid_maps[r]).numpy(), eval_size) if has_masks else None
         entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps).items()}
     return result
+
+
+def _scored_subsets(pipeline, samples, read, batch_size: int):
+    """A batch method's (subset, {0-shot run: Results}): each subset read and embedded
+    `batch_size` images at a time, then scored as a whole (`engines/subsets.py` for files)."""
+    from ..methods.musc_batch import subsets
+
+    for part in subsets(len(samples), pipeline.options.subset_size):
+        members = [samples[i] for i in part]
+        with contextlib.closing(read_ahead(members, read, ahead=max(2 * batch_size, 8))) as reads:
+            chunk = [(s, item) for s, item in reads]
+        parts = [pipeline.embed([image for _, (image, _) in chunk[i : i + batch_size]])
+                 for i in range(0, len(chunk), batch_size)]
+        yield chunk, {Run(0, 0): pipeline.score(pipeline.concat_embeddings(parts))}
 
 
 def _save_inspection(maps_dir, overlays_dir, run: Run, split: ClassSplit, path: Path, image, grid_map, size: int) -> None:

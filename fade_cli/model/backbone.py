@@ -283,11 +283,7 @@ class Backbone:
         blocks = visual.transformer.resblocks
         first_gem = len(blocks) - GEM_DEPTH
         with self._autocast():
-            x = visual.conv1(pixels.to(self.device, self.model.visual.conv1.weight.dtype))
-            x = x.flatten(2).transpose(1, 2)  # (B, g*g, C)
-            cls_tok = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls_tok, x], dim=1) + self._pos_embed(grid).to(x.dtype)
-            x = visual.ln_pre(visual.patch_dropout(x))
+            x = self._stem(pixels, grid)
             # The GEM path only needs blocks' ln_1(x); the normal path's last output is needed
             # only for CLS/CLIP tokens.
             need_normal_out = want_cls or want_clip
@@ -310,6 +306,40 @@ class Backbone:
                 gem_tokens = F.normalize((visual.ln_post(x_gem) @ visual.proj).float(), dim=-1)
                 out.gem = gem_tokens[:, 1:]
         return out
+
+    def _stem(self, pixels: torch.Tensor, grid: int) -> torch.Tensor:
+        """Patch embedding, CLS token, positional embedding and ln_pre: the first block's input."""
+        visual = self.model.visual
+        x = visual.conv1(pixels.to(self.device, visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, C)
+        cls_tok = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls_tok, x], dim=1) + self._pos_embed(grid).to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
+    @torch.inference_mode()
+    def encode_layers(self, pixels: torch.Tensor, layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For methods that read intermediate blocks (MuSc): the L2-normalised CLIP CLS embedding
+        (B, D) and the patch tokens after each 0-based block in `layers`, before ln_post,
+        (B, len(layers), g*g, width) in float32. Run in chunks as `encode_images`."""
+        depth = len(self.model.visual.transformer.resblocks)
+        if not layers or any(not 0 <= l < depth for l in layers):
+            raise UsageError(f"layers {list(layers)}: each must be a block index in 0..{depth - 1}")
+        self.check_scale(pixels.shape[-1])
+        grid = pixels.shape[-1] // self.patch_size
+        per_chunk = max(1, self.max_batch_tokens // (grid * grid + 1))
+        cls_parts, token_parts = [], []
+        visual = self.model.visual
+        for start in range(0, pixels.shape[0], per_chunk):
+            with self._autocast():
+                x = self._stem(pixels[start : start + per_chunk], grid)
+                kept: dict[int, torch.Tensor] = {}
+                for i, block in enumerate(visual.transformer.resblocks):
+                    x = gem.normal_block(block, x)
+                    if i in layers:
+                        kept[i] = x[:, 1:].float()
+                cls_parts.append(F.normalize((visual.ln_post(x[:, 0]) @ visual.proj).float(), dim=-1))
+            token_parts.append(torch.stack([kept[l] for l in layers], dim=1))
+        return torch.cat(cls_parts), torch.cat(token_parts)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
