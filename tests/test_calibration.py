@@ -153,3 +153,15 @@ def test_bad_calibration_files_are_refused(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(CalibrationError, match=message):
         NormalScores.load(path)
+
+
+def test_rates_at_counts_false_alarms_and_misses():
+    scores = [0.1, 0.5, 0.7, 0.2, 0.9, 0.4]
+    labels = [0, 0, 0, 1, 1, 1]
+    from fade_cli.decisions.calibration import rates_at
+
+    r = rates_at(0.5, scores, labels)
+    assert r["threshold"] == 0.5
+    assert r["false_alarm_rate"] == pytest.approx(2 / 3, abs=1e-6) and r["miss_rate"] == pytest.approx(2 / 3, abs=1e-6)
+    assert rates_at(0.0, scores, labels)["miss_rate"] == 0.0 and rates_at(1.0, scores, labels)["false_alarm_rate"] == 0.0
+    assert rates_at(0.5, [0.1, 0.6], [0, 0])["miss_rate"] is None

@@ -213,3 +213,17 @@ class NormalScores:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"{path}: cannot read as JSON ({exc.__class__.__name__})") from None
         return cls.from_json(data, str(path))
+
+
+def rates_at(threshold: float, scores, labels) -> dict:
+    """The operating point a line sees at `threshold`: false-alarm rate (good images with
+    score ≥ threshold, of all good ones) and miss rate (anomalous ones below it). labels: 1 =
+    anomalous. Works on pixels too (map values and mask labels, flattened). None where a class
+    of label is absent."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    flagged = s >= threshold
+    good, bad = ~y, y
+    return {"threshold": round(float(threshold), 6),
+            "false_alarm_rate": round(float(flagged[good].mean()), 6) if good.any() else None,
+            "miss_rate": round(float((~flagged[bad]).mean()), 6) if bad.any() else None}
