@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fade_cli.config import FadeConfig
+from fade_cli.methods.fade import FadeConfig, FadePipeline
 from fade_cli.decisions.calibration import CalibrationError, NormalScores
 from fade_cli.decisions.normals import check_settings, full_size_map, leave_one_out, score_normals
-from fade_cli.pipeline import FadePipeline, build_reference_bank
+from fade_cli.methods.base import build_reference_bank
 
 from conftest import random_image
 

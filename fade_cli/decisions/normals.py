@@ -24,7 +24,7 @@ from .calibration import PIXELS_PER_IMAGE, CalibrationError, NormalScores, sampl
 
 def full_size_map(grid_map, size: tuple[int, int]) -> np.ndarray:
     """A (G, G) map at an image's (w, h) size, clipped to [0, 1], as `fade segment` writes it."""
-    from ..guidance import resize_map
+    from ..methods.guidance import resize_map
 
     w, h = size
     return resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
