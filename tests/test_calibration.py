@@ -165,3 +165,11 @@ def test_rates_at_counts_false_alarms_and_misses():
     assert r["false_alarm_rate"] == pytest.approx(2 / 3, abs=1e-6) and r["miss_rate"] == pytest.approx(2 / 3, abs=1e-6)
     assert rates_at(0.0, scores, labels)["miss_rate"] == 0.0 and rates_at(1.0, scores, labels)["false_alarm_rate"] == 0.0
     assert rates_at(0.5, [0.1, 0.6], [0, 0])["miss_rate"] is None
+
+
+def test_tail_beyond_the_largest_possible_score_is_capped_with_its_interval():
+    scores = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    free, capped = quantile_threshold(scores, 0.001), quantile_threshold(scores, 0.001, upper=1.0)
+    assert free.value > 1.0 and capped.value == 1.0
+    assert capped.interval[1] > free.interval[1]  # a lower threshold: more false alarms expected
+    assert NormalScores(scores).image_threshold(0.001).value == 1.0

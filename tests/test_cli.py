@@ -51,7 +51,7 @@ def test_detect_prints_one_json_line_per_image(capsys, monkeypatch, image_dir, t
     results = rows(stdout)
     assert len(results) == 2
     for r in results:
-        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "ms", "method", "shots", "banks"}
+        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "threshold_source", "ms", "method", "shots", "banks"}
         assert r["banks"] == ["winclip@1.0.0"] and r["shots"] == 0 and r["method"] == "fade"
         assert r["class"] == "metal_nut" and r["anomalous"] is True and r["ms"] > 0
 

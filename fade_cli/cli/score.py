@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ..data.io import DEFAULT_MAX_PIXELS, Manifest, common_base, expand_inputs, load_image
+from ..decisions.formats import row_writer
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -20,6 +22,10 @@ from .common import (
     NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
     QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
     ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
+)
+from .decide import (
+    PIXEL_THRESHOLD_HELP, CalibrationOpt, FalseAlarmOpt, FormatOpt, MinRegionOpt, NormalisedOpt, check_decision_flags, check_format,
+    resolve_thresholds,
 )
 
 
@@ -36,20 +42,25 @@ def _run(
     pretrained: str,
     device: str,
     precision: str,
-    threshold: float,
+    threshold: str,
     batch_size: int,
     cache_dir: Path | None,
     no_cache: bool,
     max_pixels: int,
     quiet: bool,
     out: Path | None = None,
-    pixel_threshold: float = 0.5,
+    pixel_threshold: str = "0.5",
     resume: bool = False,
     manifest: Path | None = None,
     method: str = DEFAULT_METHOD,
     engine: str = "local",
     ray_address: str | None = None,
     actors: int | None = None,
+    false_alarm_rate: float | None = None,
+    calibration: Path | None = None,
+    normalised_score: bool = False,
+    min_region_area: int = 1,
+    output_format: str = "jsonl",
     **method_values,
 ) -> int:
     """detect / segment: inputs -> rows on stdout (and files under `out`); the exit status."""
@@ -64,6 +75,9 @@ def _run(
         require_ray()  # before any work: without the extra, one line saying how to install it
     elif ray_address is not None or actors is not None:
         raise UsageError("--ray-address and --actors need --engine ray")
+    check_format(output_format)
+    check_decision_flags(threshold, pixel_threshold if out is not None else None, false_alarm_rate, calibration,
+                         normalised_score)
     items = expand_inputs(images)
     if not items:
         raise UsageError("no input images given")
@@ -73,6 +87,7 @@ def _run(
             failures.report(item.path, item.error)
     todo = [i.path for i in items if not i.error]
     ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
+    ref_images = []
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
 
@@ -92,7 +107,6 @@ def _run(
         log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
     if ref_paths:
         log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, pipeline.bank_layout.scales))} px")
-        ref_images = []
         for p in ref_paths:
             try:
                 ref_images.append(load_image(p, max_pixels))
@@ -105,9 +119,14 @@ def _run(
                 f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
 
-    output = OutputSpec(threshold=threshold, base=common_base(todo) if todo else Path.cwd(), out=out,
-                        pixel_threshold=pixel_threshold, max_pixels=max_pixels,
-                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0)
+    decided = resolve_thresholds(threshold=threshold, pixel_threshold=pixel_threshold if out is not None else None,
+                                 false_alarm_rate=false_alarm_rate, calibration=calibration, normalised=normalised_score,
+                                 bank_path=bank, pipeline=pipeline, ref_images=ref_images, ref_paths=ref_paths,
+                                 class_name=class_name, quiet=quiet)
+    output = OutputSpec(base=common_base(todo) if todo else Path.cwd(), out=out, max_pixels=max_pixels,
+                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0,
+                        min_region_area=min_region_area, **decided)
+    threshold, pixel_threshold = output.threshold, output.pixel_threshold
     if manifest is None and out is not None:
         manifest = out / "manifest.jsonl"
     if resume and manifest is None:
@@ -119,12 +138,15 @@ def _run(
                     "config": pipeline.config.as_dict(), "class": class_name, "banks": pipeline.banks,
                     "threshold": threshold, "pixel_threshold": pixel_threshold if out is not None else None,
                     "out": str(out) if out else None,
+                    **({"min_region_area": min_region_area} if min_region_area != 1 else {}),
+                    **({"normalised_score": True} if normalised_score else {}),
                     "references": reference_bank.meta.get("images") if reference_bank else None}
         record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
         finished = record.finished() if resume else {}
     already = {p for p in todo if str(p.absolute()) in finished}
     if already:
         log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
+    writer = row_writer(output_format, sys.stdout, segment=out is not None)
     progress = progress_bar(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
     pending = [p for p in todo if p not in already]
@@ -141,7 +163,7 @@ def _run(
         for p in todo:  # rows in input order, finished ones included
             if p in already:
                 row = finished[str(p.absolute())]
-                print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+                writer.write({k: v for k, v in row.items() if k not in ("input", "settings")})
             else:
                 outcome = next(results)
                 assert outcome.path == p, (outcome.path, p)
@@ -150,7 +172,7 @@ def _run(
                 else:
                     if record is not None:
                         record.append(outcome.row, p)
-                    print(json.dumps(outcome.row), flush=True)
+                    writer.write(outcome.row)
             if progress:
                 progress.update(task, advance=1)
     finally:
@@ -170,7 +192,10 @@ def detect(
     bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 0.5,
+    threshold: ThresholdOpt = "0.5",
+    false_alarm_rate: FalseAlarmOpt = None,
+    calibration: CalibrationOpt = None,
+    normalised_score: NormalisedOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -204,6 +229,7 @@ def detect(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
+    output_format: FormatOpt = "jsonl",
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
     raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))
@@ -218,8 +244,12 @@ def segment(
     bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 0.5,
-    pixel_threshold: Annotated[float, typer.Option("--pixel-threshold", help="Map value at or above which a pixel is in the binary mask.")] = 0.5,
+    threshold: ThresholdOpt = "0.5",
+    pixel_threshold: Annotated[str, typer.Option("--pixel-threshold", metavar="T|auto", help=PIXEL_THRESHOLD_HELP)] = "0.5",
+    false_alarm_rate: FalseAlarmOpt = None,
+    calibration: CalibrationOpt = None,
+    normalised_score: NormalisedOpt = False,
+    min_region_area: MinRegionOpt = 1,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -253,6 +283,7 @@ def segment(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
+    output_format: FormatOpt = "jsonl",
 ) -> None:
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png

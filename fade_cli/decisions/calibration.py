@@ -13,7 +13,7 @@ scores s_(1) ≤ … ≤ s_(n) (leave-one-out scores of the bank's references, o
   the unbiased estimate of P(S > u). Under that model the achieved rate is B·(α/p_u)^G with
   B ~ Beta(k + 1, n − k) and G ~ Gamma(k, 1/k), independent. Scores are bounded ([0, 1]), so real
   tails are lighter than exponential (shape ≤ 0) and the fit errs high: fewer false alarms than
-  asked, more misses.
+  asked, more misses. A tail beyond the largest possible score (1) is capped there.
 
 Every threshold carries a 90 % interval of the false-alarm rate it will achieve: exact (Beta)
 inside the data, under the exponential model beyond it. Pixel thresholds use the same estimator on
@@ -38,6 +38,7 @@ INTERVAL = 0.90  # two-sided coverage of the stated false-alarm interval
 MIN_SCORES = 2  # the tail fit needs one excess at least
 PIXELS_PER_IMAGE = 2048  # normal pixel scores kept per reference image
 CALIBRATION_FORMAT = 1
+SCORE_MAX = 1.0  # every method's scores and maps are clipped to [0, 1]
 _DRAWS = 20000  # Monte-Carlo draws for the tail interval (seeded: thresholds are reproducible)
 
 
@@ -91,8 +92,11 @@ def tail_size(n: int) -> int:
     return max(1, min(n - 1, max(5, math.ceil(0.2 * n))))
 
 
-def quantile_threshold(values, rate: float) -> Threshold:
-    """The threshold that normal scores reach with probability `rate` (module docstring)."""
+def quantile_threshold(values, rate: float, upper: float | None = None) -> Threshold:
+    """The threshold that normal scores reach with probability `rate` (module docstring).
+
+    `upper`: the largest value a score can take (1 for every method's scores and maps); a
+    tail extrapolated beyond it is capped there, and the interval is that of the capped value."""
     _check_rate(rate)
     s = _scores(values)
     n = s.size
@@ -107,15 +111,18 @@ def quantile_threshold(values, rate: float) -> Threshold:
     sigma = float(np.mean(s[n - k:] - u))
     p_u = (k + 1) / (n + 1)
     value = u + float(stats.expon(scale=sigma).isf(rate / p_u)) if sigma > 0 else u
+    if upper is not None:
+        value = max(u, min(value, upper))
     rng = np.random.default_rng(0)
     b = rng.beta(k + 1, n - k, _DRAWS)
     g = rng.gamma(k, 1.0 / k, _DRAWS)
-    achieved = b * (rate / p_u) ** g
+    # P(S >= value) = P(S > u)·exp(−(value − u)/σ), with σ̂/σ ~ Gamma(k, 1/k) under the model
+    achieved = b * np.exp(-g * (value - u) / sigma) if sigma > 0 else b
     interval = tuple(float(v) for v in np.quantile(achieved, [lo_q, hi_q]))
     return Threshold(value, rate, "exponential-tail", n, interval, True, float(s[0]), float(s[-1]))
 
 
-def pixel_threshold(samples, rate: float) -> Threshold:
+def pixel_threshold(samples, rate: float, upper: float | None = None) -> Threshold:
     """Threshold on map values from per-image pixel samples (n_images, m).
 
     The value is `quantile_threshold` of all samples; the interval is the wider of that
@@ -123,7 +130,7 @@ def pixel_threshold(samples, rate: float) -> Threshold:
     arr = np.asarray(samples, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise CalibrationError("pixel samples must be a non-empty (images, pixels) array")
-    base = quantile_threshold(arr, rate)
+    base = quantile_threshold(arr, rate, upper)
     rng = np.random.default_rng(0)
     per_image = (arr >= base.value).mean(axis=1)
     picks = rng.integers(0, arr.shape[0], size=(500, arr.shape[0]))
@@ -159,12 +166,12 @@ class NormalScores:
     meta: dict = field(default_factory=dict)
 
     def image_threshold(self, rate: float) -> Threshold:
-        return quantile_threshold(self.image, rate)
+        return quantile_threshold(self.image, rate, upper=SCORE_MAX)
 
     def pixel_threshold(self, rate: float) -> Threshold:
         if self.pixels is None:
             raise CalibrationError("these normal scores hold no pixel scores (calibrated without maps)")
-        return pixel_threshold(self.pixels, rate)
+        return pixel_threshold(self.pixels, rate, upper=SCORE_MAX)
 
     # -- as arrays inside a reference bank's .npz (no pickle) -------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

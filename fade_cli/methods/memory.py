@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..decisions.calibration import NormalScores
 from ..errors import MemoryBankError
 
 BANK_FORMAT = 1
@@ -51,6 +52,7 @@ class MemoryBank:
 
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
+    calibration: object | None = None  # decisions.calibration.NormalScores: leave-one-out normal scores
 
     def check_compatible(self, backbone, scales, feature: str) -> None:
         """Refuse a bank built with other weights, without these scales, or of another feature kind."""
@@ -89,6 +91,8 @@ class MemoryBank:
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
+        if self.calibration is not None:
+            arrays.update(self.calibration.to_arrays())
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as fh:
@@ -103,10 +107,11 @@ class MemoryBank:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta_json"]))
                 patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
+                calibration = NormalScores.from_arrays(npz)
         except FileNotFoundError:
             raise MemoryBankError(f"{path}: no such file") from None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
         if meta.get("format") != BANK_FORMAT:
             raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
-        return cls(patches=patches, meta=meta)
+        return cls(patches=patches, meta=meta, calibration=calibration)
