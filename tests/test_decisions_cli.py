@@ -1,0 +1,120 @@
+"""Calibrated thresholds, regions and CSV rows as a user runs `fade detect` / `fade segment`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fade_cli.decisions.calibration import quantile_threshold
+from fade_cli.decisions.formats import SEGMENT_COLUMNS
+from fade_cli.decisions.regions import find_regions
+
+from conftest import random_image
+from helpers import FAST, rows, run
+
+
+@pytest.fixture()
+def refs(tmp_path: Path) -> Path:
+    d = tmp_path / "refs"
+    d.mkdir()
+    for i in range(4):
+        random_image(60 + i, (64, 56)).save(d / f"ref{i}.png")
+    return d
+
+
+def test_threshold_auto_is_the_quantile_of_leave_one_out_scores(capsys, monkeypatch, image_dir, refs, tmp_path):
+    cache = tmp_path / "cache"
+    loo = []
+    ref_files = sorted(refs.iterdir())
+    for i, ref in enumerate(ref_files):  # each reference scored against the others, one run each
+        others = tmp_path / f"others{i}"
+        others.mkdir()
+        for other in ref_files:
+            if other != ref:
+                (others / other.name).write_bytes(other.read_bytes())
+        code, out, _ = run(capsys, monkeypatch, "detect", str(ref), "--refs", str(others), "-q", *FAST, cache=cache)
+        assert code == 0
+        loo.append(rows(out)[0]["score"])
+    expected = quantile_threshold(loo, 0.05, upper=1.0)
+    code, out, err = run(capsys, monkeypatch, "detect", str(image_dir), "--refs", str(refs), "--threshold", "auto",
+                         "--false-alarm-rate", "0.05", "--normalised-score", *FAST, cache=cache)
+    assert code == 0, err
+    results = rows(out)
+    assert len(results) == 3
+    for r in results:
+        assert r["threshold"] == pytest.approx(expected.value, abs=2e-6)
+        assert r["threshold_source"] == "refs:leave-one-out" and r["false_alarm_rate"] == 0.05
+        assert r["anomalous"] == (r["score"] >= r["threshold"])
+        assert (r["normalised_score"] >= 0.5) == r["anomalous"]
+    assert err.count("warning:") == 1 and "too few for a false-alarm rate of 0.05" in err
+    assert "exponential-tail estimate from 4 normal images" in err
+
+
+def test_fixed_thresholds_still_work_and_say_so(capsys, monkeypatch, image_dir, tmp_path):
+    code, out, _ = run(capsys, monkeypatch, "detect", str(image_dir), "--threshold", "0.2", "-q", *FAST, cache=tmp_path)
+    assert code == 0
+    for r in rows(out):
+        assert r["threshold"] == 0.2 and r["threshold_source"] == "fixed" and "false_alarm_rate" not in r
+        assert r["anomalous"] == (r["score"] >= 0.2)
+
+
+def test_segment_pixel_threshold_auto_masks_and_regions(capsys, monkeypatch, image_dir, refs, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out_dir), "--refs", str(refs),
+                         "--pixel-threshold", "auto", "--false-alarm-rate", "0.2", "--min-region-area", "3", *FAST,
+                         cache=tmp_path / "cache")
+    assert code == 0, err
+    results = rows(out)
+    assert {r["pixel_threshold_source"] for r in results} == {"refs:leave-one-out"}
+    assert {r["threshold_source"] for r in results} == {"fixed"}
+    assert "pixel threshold" in err and "empirical estimate from" in err
+    listed = 0
+    for r in results:
+        full = np.load(r["outputs"]["map"], allow_pickle=False)
+        mask = np.asarray(Image.open(r["outputs"]["mask"])) == 255
+        np.testing.assert_array_equal(mask, full >= r["pixel_threshold"])
+        assert r["regions"] == [g.as_dict() for g in find_regions(mask, full, min_area=3)]
+        assert all(g["area"] >= 3 for g in r["regions"])
+        listed += len(r["regions"])
+    assert listed > 0  # at a 20 % pixel false-alarm rate the random test images have regions
+
+
+def test_csv_rows_match_the_jsonl_rows(capsys, monkeypatch, image_dir, tmp_path):
+    args = ["segment", str(image_dir), "--pixel-threshold", "0.3", "-q", *FAST]
+    code, jsonl, _ = run(capsys, monkeypatch, *args, "--out", str(tmp_path / "a"), cache=tmp_path / "cache")
+    assert code == 0
+    code, table, _ = run(capsys, monkeypatch, *args, "--out", str(tmp_path / "b"), "--format", "csv", cache=tmp_path / "cache")
+    assert code == 0
+    parsed = list(csv.reader(io.StringIO(table)))
+    assert parsed[0] == list(SEGMENT_COLUMNS) and all(len(r) == len(SEGMENT_COLUMNS) for r in parsed)
+    records = list(csv.DictReader(io.StringIO(table)))
+    for rec, row in zip(records, rows(jsonl), strict=True):
+        assert rec["path"] == row["path"] and float(rec["score"]) == row["score"]
+        assert rec["anomalous"] == str(row["anomalous"]).lower() and float(rec["pixel_threshold"]) == 0.3
+        assert int(rec["regions"]) == len(row["regions"])
+        if row["regions"]:
+            big = max(row["regions"], key=lambda g: g["area"])
+            assert [int(rec[c]) for c in ("largest_x0", "largest_y0", "largest_x1", "largest_y1")] == big["bbox"]
+        assert Path(rec["mask"]).name == Path(row["outputs"]["mask"]).name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threshold", "abc"], "--threshold 'abc': expected a number or auto"),
+    (["--threshold", "nan"], "--threshold nan: expected a finite number"),
+    (["--false-alarm-rate", "0.05"], "--false-alarm-rate applies to --threshold auto"),
+    (["--normalised-score"], "--normalised-score applies to --threshold auto"),
+    (["--threshold", "auto", "--false-alarm-rate", "2"], "--false-alarm-rate 2.0: expected a number between 0 and 1"),
+    (["--threshold", "auto"], "--threshold auto needs normal scores"),
+    (["--format", "xml"], "--format xml: expected jsonl or csv"),
+])
+def test_decision_flag_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, image_dir, tmp_path, args, message):
+    code, out, err = run(capsys, monkeypatch, "detect", str(image_dir), *args, *FAST, cache=tmp_path)
+    assert code == 2 and out == ""
+    lines = [l for l in err.splitlines() if l.startswith("fade: error")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
