@@ -173,3 +173,27 @@ def test_tail_beyond_the_largest_possible_score_is_capped_with_its_interval():
     assert free.value > 1.0 and capped.value == 1.0
     assert capped.interval[1] > free.interval[1]  # a lower threshold: more false alarms expected
     assert NormalScores(scores).image_threshold(0.001).value == 1.0
+
+
+def test_operating_point_measures_the_calibrated_thresholds_on_the_test_set():
+    from fade_cli.decisions.operating import calibration_sample, operating_point
+
+    rng = np.random.default_rng(5)
+    normal = rng.beta(2, 8, 300)
+    pixels = rng.beta(2, 8, (30, 200))
+    test = np.concatenate([rng.beta(2, 8, 500), rng.beta(8, 2, 100)])
+    labels = np.r_[np.zeros(500), np.ones(100)]
+    maps = rng.beta(2, 8, (6, 8, 8))
+    masks = np.zeros((6, 8, 8), bool)
+    masks[:, :2] = True
+    maps[masks] = rng.beta(8, 2, masks.sum())
+    op = operating_point(0.05, normal, pixels, test, labels, maps, masks)
+    t = quantile_threshold(normal, 0.05, upper=1.0).value
+    assert op["image"]["threshold"] == round(t, 6)
+    assert op["image"]["false_alarm_rate"] == pytest.approx(np.mean(test[:500] >= t), abs=1e-6)
+    assert op["image"]["miss_rate"] == pytest.approx(np.mean(test[500:] < t), abs=1e-6)
+    assert 0.02 < op["image"]["false_alarm_rate"] < 0.08  # the same distribution: near the rate asked
+    pt = op["pixel"]["threshold"]
+    assert op["pixel"]["false_alarm_rate"] == pytest.approx(np.mean(maps[~masks] >= pt), abs=1e-6)
+    assert operating_point(0.05, [0.3], None, test, labels)["skipped"].startswith("1 normal score")
+    assert calibration_sample(list(range(10)), 3) == [0, 4, 9] and calibration_sample([2, 1], 5) == [1, 2]
