@@ -248,7 +248,7 @@ def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(
     (["detect", "x.png", "--threshold", "abc"], "--threshold"),
     (["detect"], "Missing argument"),
     (["nosuchcmd"], "No such command"),
-    (["bank", "build", "x.png", "-o", "b.npz", "--cls-scale", "3"], "No such option: --cls-scale"),
+    (["bank", "build", "x.png", "-o", "b.npz", "--engine", "ray"], "No such option: --engine"),
 ])
 def test_command_line_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, args, message):
     code, stdout, stderr = run(capsys, monkeypatch, *args)

@@ -118,3 +118,58 @@ def test_decision_flag_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, im
     lines = [l for l in err.splitlines() if l.startswith("fade: error")]
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_bank_build_calibrates_by_leave_one_out_and_detect_uses_it(capsys, monkeypatch, image_dir, refs, tmp_path):
+    import json
+
+    from fade_cli.methods.memory import MemoryBank
+
+    cache, bank = tmp_path / "cache", tmp_path / "good.fadebank"
+    code, _, err = run(capsys, monkeypatch, "bank", "build", str(refs), "-o", str(bank), *FAST, cache=cache)
+    assert code == 0, err
+    assert "4 normal image scores (leave-one-out)" in err
+    stored = MemoryBank.load(bank).calibration
+    assert stored is not None and stored.image.shape == (4,) and stored.pixels.shape[0] == 4
+    code, out, _ = run(capsys, monkeypatch, "bank", "info", str(bank), cache=cache)
+    assert json.loads(out)["calibration"]["image_scores"] == 4
+    args = ["detect", str(image_dir), "--threshold", "auto", "--false-alarm-rate", "0.1", "-q", *FAST]
+    code, from_bank, _ = run(capsys, monkeypatch, *args, "--bank", str(bank), cache=cache)
+    assert code == 0
+    code, from_refs, _ = run(capsys, monkeypatch, *args, "--refs", str(refs), cache=cache)
+    assert code == 0
+    for a, b in zip(rows(from_bank), rows(from_refs), strict=True):
+        assert a["threshold_source"] == f"bank:{bank}" and b["threshold_source"] == "refs:leave-one-out"
+        assert a["threshold"] == pytest.approx(b["threshold"], abs=2e-6)
+        assert a["threshold"] == round(quantile_threshold(stored.image, 0.1, upper=1.0).value, 6)
+    code, _, _ = run(capsys, monkeypatch, "bank", "build", str(refs), "-o", str(tmp_path / "plain.npz"), "--no-calibrate",
+                     "-q", *FAST, cache=cache)
+    assert code == 0 and MemoryBank.load(tmp_path / "plain.npz").calibration is None
+    code, _, err = run(capsys, monkeypatch, *args, "--bank", str(tmp_path / "plain.npz"), cache=cache)
+    assert code == 2 and "holds no normal scores" in err
+
+
+def test_calibrate_writes_zero_shot_normal_scores_for_detect(capsys, monkeypatch, image_dir, refs, tmp_path):
+    import json
+
+    cache, cal = tmp_path / "cache", tmp_path / "good.json"
+    code, _, err = run(capsys, monkeypatch, "calibrate", str(refs), "-o", str(cal), *FAST, cache=cache)
+    assert code == 0, err
+    data = json.loads(cal.read_text())
+    assert data["kind"] == "fade-calibration" and data["how"] == "zero-shot" and len(data["pixel_scores"]) == 4
+    code, out, _ = run(capsys, monkeypatch, "detect", str(refs), "-q", *FAST, cache=cache)
+    assert data["image_scores"] == pytest.approx([r["score"] for r in rows(out)], abs=2e-6)
+    code, out, err = run(capsys, monkeypatch, "detect", str(image_dir), "--threshold", "auto", "--calibration", str(cal),
+                         "-q", *FAST, cache=cache)
+    assert code == 0, err
+    expected = round(quantile_threshold(data["image_scores"], 0.01, upper=1.0).value, 6)
+    assert {r["threshold"] for r in rows(out)} == {expected}
+    assert {r["threshold_source"] for r in rows(out)} == {f"calibration:{cal}"}
+    assert err.count("warning:") == 1  # 4 images are too few for 1 %: said once, even with -q
+    # zero-shot scores are refused for a few-shot run; references are refused as calibration images
+    code, _, err = run(capsys, monkeypatch, "detect", str(image_dir), "--threshold", "auto", "--calibration", str(cal),
+                       "--refs", str(refs), "-q", *FAST, cache=cache)
+    assert code == 2 and "zero-shot normal scores for a few-shot run" in err and len(err.splitlines()) == 1
+    code, _, err = run(capsys, monkeypatch, "calibrate", str(refs), "--refs", str(refs), "-o", str(tmp_path / "x.json"),
+                       "-q", *FAST, cache=cache)
+    assert code == 2 and "is one of the references" in err and not (tmp_path / "x.json").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,8 +12,10 @@ from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
 from ..errors import ImageError, UsageError
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    ClassOpt, DeviceOpt, ImagesArg, MaxPixelsOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, ScalesOpt,
-    SeedOpt, ShotsOpt, log, parse_scales, resolve_model_name,
+    CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg, MaxPixelsOpt,
+    MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt,
+    PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt,
+    SmoothOpt, WeightOpt, WindowsOpt, log, parse_scales,
 )
 
 
@@ -32,18 +34,45 @@ def bank_build(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    feature: Annotated[str, typer.Option("--feature", help="Patch features stored: clip (FADE few-shot) or gem.")] = "clip",
+    feature: Annotated[Optional[str], typer.Option("--feature", help="Patch features stored: clip or gem. Default: the method's few-shot vision feature (clip).", show_default=False)] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Also score each reference against the others with the method and settings given (leave-one-out) and store those normal scores, for --threshold auto.")] = True,
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed good reference images once and save them; reuse with `--bank FILE`.
 
     The bank stores each scale's patch embeddings and the model, weights fingerprint,
-    scales, feature kind and fade version; it is read without pickle."""
-    from ..model.backbone import load_backbone
+    scales, feature kind and fade version; it is read without pickle. With 2 or more images it
+    also calibrates: each reference is scored against a bank of the others with the method and
+    settings given here (use the same ones with --bank), and the bank keeps those normal
+    scores for `--threshold auto` (docs/calibration.md)."""
+    from ..decisions.normals import leave_one_out
+    from ..engines.runner import build_pipeline, load_spec_backbone
     from ..methods.base import build_reference_bank
+    from ..prompts.text import TextEncoderCache
+    from .calibrate import describe
+    from .score import _bank_layout, scorer_spec
 
-    if feature not in ("clip", "gem"):
+    if feature is not None and feature not in ("clip", "gem"):
         raise UsageError(f"--feature {feature}: expected clip or gem")
     items = expand_inputs(images)
     bad = [i for i in items if i.error]
@@ -56,20 +85,40 @@ def bank_build(
         if shots > len(paths):
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
         paths = [paths[i] for i in sample_reference_indices(len(paths), shots, shots_seed)]
+    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
+                       scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
+                       vision_multiplier=vision_multiplier, vision_weight=vision_weight,
+                       vision_feature=feature if method != "alfa" else None, segmentation_mode=segmentation_mode,
+                       classification_mode=classification_mode, windows=windows, no_aligner=no_aligner, no_rtp=no_rtp,
+                       prompt_filter=prompt_filter, positions=positions, object_prior=object_prior,
+                       multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching)
+    layout_scales, layout_feature = _bank_layout(spec)
+    if method == "alfa" and feature not in (None, layout_feature):
+        raise UsageError(f"--feature {feature}: --method alfa's bank holds {layout_feature} patches")
+    seg_scales = parse_scales(scales)
+    bank_scales = tuple(sorted(set(seg_scales) | set(layout_scales)))
     loaded = []
     for p in paths:
         try:
             loaded.append(load_image(p, max_pixels))
         except ImageError as exc:
             raise UsageError(f"{p}: {exc}") from None
-    backbone = load_backbone(resolve_model_name(model), pretrained, device, precision)
-    seg_scales = parse_scales(scales)
-    for s in seg_scales:
+    backbone = load_spec_backbone(spec)
+    for s in bank_scales:
         backbone.check_scale(s)
-    result = build_reference_bank(backbone, loaded, seg_scales, feature,
+    result = build_reference_bank(backbone, loaded, bank_scales, layout_feature,
                                   meta={"class": class_name, "pretrained": pretrained, "images": [str(p) for p in paths]})
+    if calibrate and len(loaded) >= 2:
+        cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+        pipeline = build_pipeline(spec, backbone, result, cache)
+        log(quiet, f"calibrating: each of the {len(loaded)} references scored against the others ({pipeline.method_label})")
+        result.calibration = leave_one_out(pipeline, loaded, paths, class_name)
+    elif calibrate:
+        log(quiet, "one reference image: no leave-one-out normal scores (--threshold auto needs 2 or more)")
     result.save(output)
-    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, seg_scales))}, {feature} patches")
+    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, bank_scales))}, {layout_feature} patches")
+    if result.calibration is not None:
+        describe(result.calibration, quiet)
 
 
 @bank_app.command("info")
@@ -81,4 +130,10 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     info = {k: v for k, v in loaded.meta.items() if k != "images"}
     info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
     info["images"] = loaded.meta.get("images", [])
+    if loaded.calibration is not None:
+        cal = loaded.calibration
+        info["calibration"] = {"how": cal.meta.get("how"), "method": cal.meta.get("settings", {}).get("method"),
+                               "image_scores": len(cal.image),
+                               "pixel_scores": None if cal.pixels is None else list(cal.pixels.shape),
+                               "threshold_at_1_percent": cal.image_threshold(0.01).as_dict()}
     print(json.dumps(info, indent=2))

@@ -116,6 +116,6 @@ def _report(t, what: str, source: str, unit: str, quiet: bool) -> None:
     lo, hi = t.interval
     log(quiet, f"{what} {t.value:.6g} from {source}: {t.estimator} estimate from {t.n} normal {unit}; "
                f"false-alarm rate {t.false_alarm_rate:g} asked, {lo:.2g} to {hi:.2g} expected (90 %)")
-    message = t.warning(f"{unit} ({what})")
+    message = t.warning(unit)
     if message:
         warn(message)

@@ -68,8 +68,9 @@ class Threshold:
         if not self.extrapolated:
             return None
         need = math.ceil(1.0 / self.false_alarm_rate - 1.0)
+        capped = " (capped at the largest possible score)" if self.value >= SCORE_MAX else ""
         return (f"{self.n} normal {what} are too few for a false-alarm rate of {self.false_alarm_rate:g} "
-                f"(the quantile needs {need}); the threshold {self.value:.4f} is extrapolated by an exponential tail "
+                f"(the quantile needs {need}); the threshold {self.value:.4f} is extrapolated by an exponential tail{capped} "
                 f"and will give a false-alarm rate between {self.interval[0]:.2g} and {self.interval[1]:.2g} (90 %)")
 
 

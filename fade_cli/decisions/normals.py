@@ -50,10 +50,13 @@ def check_settings(scores: NormalScores, pipeline, source: str) -> None:
             if key == "config":
                 diff = sorted(k for k in set(made.get(key) or {}) | set(now[key])
                               if (made.get(key) or {}).get(k) != now[key].get(k))
-                what = f"settings {', '.join(diff)}"
+                what = f"other settings ({', '.join(diff)})"
             else:
-                what = f"{key} {made.get(key)!r} (this run: {now[key]!r})"
-            raise CalibrationError(f"{source}: calibrated with another {what}; calibrate again with this run's options")
+                what = f"another {key}, {made.get(key)!r} (this run: {now[key]!r})"
+            how = scores.meta.get("how")
+            hint = (" (zero-shot normal scores for a few-shot run?)" if how == "zero-shot" and pipeline.few_shot else
+                    " (few-shot normal scores for a zero-shot run?)" if how != "zero-shot" and not pipeline.few_shot else "")
+            raise CalibrationError(f"{source}: normal scores made with {what}{hint}; calibrate again with this run's options")
 
 
 def _pixels(result, image: Image.Image, seed: int, count: int) -> np.ndarray | None:

@@ -1,0 +1,144 @@
+"""`fade calibrate`: score good images with a method and its settings and save their normal
+scores (JSON) for `--threshold auto --calibration FILE` (docs/calibration.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
+from ..decisions.calibration import DEFAULT_FALSE_ALARM_RATE
+from ..errors import ImageError, UsageError
+from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .common import (
+    BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, Failures, FgMatchingOpt,
+    ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt,
+    ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RefsOpt, ScalesOpt, SeedOpt,
+    SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, reference_paths,
+    save_bytes,
+)
+from .decide import warn
+
+
+def load_images(paths: list[Path], max_pixels: int, what: str) -> list:
+    """Reference-like inputs must all load: one bad file is a set-up error (exit 2)."""
+    loaded = []
+    for p in paths:
+        try:
+            loaded.append(load_image(p, max_pixels))
+        except ImageError as exc:
+            raise UsageError(f"{what} {p}: {exc}") from None
+    return loaded
+
+
+def describe(scores, quiet: bool, rate: float = DEFAULT_FALSE_ALARM_RATE) -> None:
+    """One log line: the image threshold these scores give at the default rate."""
+    t = scores.image_threshold(rate)
+    log(quiet, f"{len(scores.image)} normal image scores ({scores.meta.get('how')}); at a false-alarm rate of {rate:g} "
+               f"the threshold is {t.value:.4f} ({t.estimator}, {t.interval[0]:.2g} to {t.interval[1]:.2g} expected)")
+    message = t.warning("images")
+    if message:
+        warn(message)
+
+
+def calibrate_command(
+    images: ImagesArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON; docs/calibration.md).")],
+    class_name: ClassOpt = "object",
+    refs: RefsOpt = None,
+    bank: BankOpt = None,
+    shots: ShotsOpt = None,
+    shots_seed: SeedOpt = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    scales: ScalesOpt = "240,448,896",
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    vision_feature: VisFeatOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = "fade",
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = "alfa",
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
+    batch_size: BatchOpt = 1,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score good images (that no reference bank holds) with a method and its settings, and
+    write their image scores and a sample of their pixel scores to a JSON file: the normal
+    scores `--threshold auto --calibration FILE` calibrates from. Zero-shot by default; with
+    --refs or --bank, held-out scores against those references."""
+    from ..decisions.normals import score_normals
+    from ..engines.runner import build_pipeline, load_spec_backbone
+    from ..methods.base import build_reference_bank
+    from ..prompts.text import TextEncoderCache
+    from .score import _bank_layout, scorer_spec
+
+    items = expand_inputs(images)
+    failures = Failures()
+    for item in items:
+        if item.error:
+            failures.report(item.path, item.error)
+    good = [i.path for i in items if not i.error]
+    if bank is not None and refs:
+        raise UsageError("give either --refs or --bank, not both")
+    ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
+    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
+                       scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
+                       vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
+                       segmentation_mode=segmentation_mode, classification_mode=classification_mode, windows=windows,
+                       no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter, positions=positions,
+                       object_prior=object_prior, multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching)
+    t0 = time.perf_counter()
+    backbone = load_spec_backbone(spec)
+    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    reference_bank = None
+    if bank is not None:
+        from ..methods.memory import MemoryBank
+
+        reference_bank = MemoryBank.load(bank)
+        held = {Path(p).absolute() for p in reference_bank.meta.get("images", [])}
+    else:
+        held = {p.absolute() for p in ref_paths}
+    if ref_paths:
+        reference_bank = build_reference_bank(backbone, load_images(ref_paths, max_pixels, "reference"), *_bank_layout(spec),
+                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+    overlap = [p for p in good if p.absolute() in held]
+    if overlap:  # scored against a bank holding itself, a good image looks far too normal
+        raise UsageError(f"{overlap[0]}: is one of the references; calibrate with other good images "
+                         "(or let `fade bank build` calibrate by leave-one-out)")
+    pipeline = build_pipeline(spec, backbone, reference_bank, cache)
+    loaded, paths = [], []
+    for p in good:
+        try:
+            loaded.append(load_image(p, max_pixels))
+            paths.append(p)
+        except ImageError as exc:
+            failures.report(p, str(exc))
+    if len(loaded) < 2:
+        raise UsageError(f"{len(loaded)} readable good image(s): calibration needs at least 2")
+    log(quiet, f"scoring {len(loaded)} good image(s) ({pipeline.method_label}, "
+               f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'})")
+    scores = score_normals(pipeline, loaded, paths, class_name, batch_size=batch_size)
+    save_bytes(output, json.dumps(scores.to_json()).encode())
+    log(quiet, f"wrote {output} in {time.perf_counter() - t0:.1f} s")
+    describe(scores, quiet)
+    raise typer.Exit(1 if failures.count else 0)
