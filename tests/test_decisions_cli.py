@@ -173,3 +173,37 @@ def test_calibrate_writes_zero_shot_normal_scores_for_detect(capsys, monkeypatch
     code, _, err = run(capsys, monkeypatch, "calibrate", str(refs), "--refs", str(refs), "-o", str(tmp_path / "x.json"),
                        "-q", *FAST, cache=cache)
     assert code == 2 and "is one of the references" in err and not (tmp_path / "x.json").exists()
+
+
+def test_eval_reports_the_operating_point_of_thresholds_from_train_good(capsys, monkeypatch, tmp_path):
+    import json
+
+    from fade_cli.data.demo_data import make_demo_dataset
+
+    demo = make_demo_dataset(tmp_path / "demo", classes=("tiles",), n_train=5, n_good=4, n_bad=3, size=64)
+    out = tmp_path / "ev"
+    code, table, err = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0,1", "--seeds", "2", "--out", str(out),
+                           "--eval-size", "32", "--false-alarm-rate", "0.2", "--calibration-images", "4", "-q", *FAST,
+                           cache=tmp_path / "cache")
+    assert code == 0, err
+    assert table.splitlines()[0].endswith("| PRO | FAR | Miss |")
+    runs_ = json.loads((out / "results.json").read_text())["classes"][0]["runs"]
+    per_image = list(csv.DictReader(open(out / "per_image.csv")))
+    for r in runs_:
+        op = r["operating_point"]
+        assert op["false_alarm_rate_asked"] == 0.2
+        sampled = {"000.png", "001.png", "003.png", "004.png"}  # 4 of 5, spread evenly; a run's references left out
+        assert op["image"]["normal"] == 4 - sum(Path(p).name in sampled for p in r["references"])
+        label = f"{r['shots']}shot_seed{r['seed']}"
+        sel = [(int(x["label"]), float(x["score"])) for x in per_image if x["run"] == label]
+        t = op["image"]["threshold"]
+        good = [s for y, s in sel if y == 0]
+        bad = [s for y, s in sel if y == 1]
+        assert op["image"]["false_alarm_rate"] == pytest.approx(np.mean([s >= t for s in good]), abs=1e-6)
+        assert op["image"]["miss_rate"] == pytest.approx(np.mean([s < t for s in bad]), abs=1e-6)
+        assert r["metrics"]["far"] == pytest.approx(100 * op["image"]["false_alarm_rate"], abs=1e-3)
+        assert "pixel" in op and 0.0 <= op["pixel"]["false_alarm_rate"] <= 1.0
+    code, _, _ = run(capsys, monkeypatch, "eval", str(demo), "--shots", "0", "--out", str(tmp_path / "off"),
+                     "--eval-size", "32", "--calibration-images", "0", "-q", *FAST, cache=tmp_path / "cache")
+    off = json.loads((tmp_path / "off" / "results.json").read_text())["classes"][0]["runs"][0]
+    assert code == 0 and "operating_point" not in off and "far" not in off["metrics"]

@@ -45,3 +45,26 @@ def operating_point(rate: float, normal_scores: Sequence[float], normal_pixels: 
         pt = pixel_threshold(normal_pixels, rate, upper=SCORE_MAX)
         out["pixel"] = _point(pt, rates_at(pt.value, test_maps, masks))
     return out
+
+
+def score_calibration_images(zero, few, banks: dict, references: dict, samples: Sequence, eval_size: int,
+                             batch_size: int, extra_features=(), load=None) -> dict:
+    """Normal image scores and pixel samples (at the evaluation size) of `samples` under every
+    run: zero-shot runs with `zero`, few-shot ones with `few` and their bank. A run's own
+    references are left out of its calibration (their distance to the bank is zero).
+    Each image is embedded once. Returns {run: (scores, pixels (n, m))}."""
+    from ..evaluation.metrics import resize_map
+    from .calibration import sample_pixels
+
+    out = {run: ([], []) for run in references}
+    for start in range(0, len(samples), batch_size):
+        chunk = list(samples[start:start + batch_size])
+        embeddings = zero.embed([load(s.image) for s in chunk], extra_features=extra_features)
+        for run, refs in references.items():
+            results = few.score(embeddings, banks[run]) if run in banks else zero.score(embeddings)
+            for i, (s, res) in enumerate(zip(chunk, results)):
+                if s.image in refs:
+                    continue
+                out[run][0].append(res.score)
+                out[run][1].append(sample_pixels(resize_map(res.map.numpy()[None], eval_size)[0], seed=start + i))
+    return {run: (scores, np.stack(pixels) if pixels else None) for run, (scores, pixels) in out.items()}
