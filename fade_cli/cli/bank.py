@@ -10,12 +10,13 @@ import typer
 
 from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
 from ..errors import ImageError, UsageError
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg, MaxPixelsOpt,
     MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt,
     PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt,
-    SmoothOpt, WeightOpt, WindowsOpt, log, parse_scales,
+    SmoothOpt, WeightOpt, WindowsOpt, log, parse_scales, scorer_spec,
 )
 
 
@@ -24,6 +25,7 @@ bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot m
 
 @bank_app.command("build")
 def bank_build(
+    ctx: typer.Context,
     images: ImagesArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Bank file to write (e.g. bottle.fadebank).")],
     class_name: ClassOpt = "object",
@@ -43,11 +45,11 @@ def bank_build(
     vision_weight: WeightOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
-    method: MethodOpt = "fade",
+    method: MethodOpt = DEFAULT_METHOD,
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = "alfa",
+    prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
@@ -65,12 +67,15 @@ def bank_build(
     also calibrates: each reference is scored against a bank of the others with the method and
     settings given here (use the same ones with --bank), and the bank keeps those normal
     scores for `--threshold auto` (docs/calibration.md)."""
+    method_values = {k: v for k, v in locals().items() if k != "ctx"}
+    method_values["vision_feature"] = feature  # the bank's patches are the few-shot vision feature
+    from dataclasses import replace
+
     from ..decisions.normals import leave_one_out
     from ..engines.runner import build_pipeline, load_spec_backbone
-    from ..methods.base import build_reference_bank
+    from ..methods import get_method
     from ..prompts.text import TextEncoderCache
     from .calibrate import describe
-    from .score import _bank_layout, scorer_spec
 
     if feature is not None and feature not in ("clip", "gem"):
         raise UsageError(f"--feature {feature}: expected clip or gem")
@@ -85,18 +90,9 @@ def bank_build(
         if shots > len(paths):
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
         paths = [paths[i] for i in sample_reference_indices(len(paths), shots, shots_seed)]
-    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
-                       scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
-                       vision_multiplier=vision_multiplier, vision_weight=vision_weight,
-                       vision_feature=feature if method != "alfa" else None, segmentation_mode=segmentation_mode,
-                       classification_mode=classification_mode, windows=windows, no_aligner=no_aligner, no_rtp=no_rtp,
-                       prompt_filter=prompt_filter, positions=positions, object_prior=object_prior,
-                       multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching)
-    layout_scales, layout_feature = _bank_layout(spec)
-    if method == "alfa" and feature not in (None, layout_feature):
-        raise UsageError(f"--feature {feature}: --method alfa's bank holds {layout_feature} patches")
-    seg_scales = parse_scales(scales)
-    bank_scales = tuple(sorted(set(seg_scales) | set(layout_scales)))
+    if feature is not None and "vision_feature" not in get_method(method).flags:
+        raise UsageError(f"--feature does not apply to --method {method} (its bank holds the patches it needs)")
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
     loaded = []
     for p in paths:
         try:
@@ -104,19 +100,22 @@ def bank_build(
         except ImageError as exc:
             raise UsageError(f"{p}: {exc}") from None
     backbone = load_spec_backbone(spec)
-    for s in bank_scales:
+    cache = TextEncoderCache(backbone, cache_dir, enabled=not no_cache)
+    pipeline = build_pipeline(spec, backbone, text_cache=cache, few_shot=True)
+    layout = pipeline.bank_layout  # plus every --scales scale, as banks always held
+    layout = replace(layout, scales=tuple(sorted(set(layout.scales) | set(parse_scales(scales)))))
+    for s in layout.scales:
         backbone.check_scale(s)
-    result = build_reference_bank(backbone, loaded, bank_scales, layout_feature,
-                                  meta={"class": class_name, "pretrained": pretrained, "images": [str(p) for p in paths]})
+    result = layout.embed(backbone, loaded, meta={"class": class_name, "pretrained": pretrained,
+                                                   "images": [str(p) for p in paths]})
     if calibrate and len(loaded) >= 2:
-        cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
-        pipeline = build_pipeline(spec, backbone, result, cache)
+        pipeline.use_reference_bank(result)
         log(quiet, f"calibrating: each of the {len(loaded)} references scored against the others ({pipeline.method_label})")
         result.calibration = leave_one_out(pipeline, loaded, paths, class_name)
     elif calibrate:
         log(quiet, "one reference image: no leave-one-out normal scores (--threshold auto needs 2 or more)")
     result.save(output)
-    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, bank_scales))}, {layout_feature} patches")
+    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, layout.scales))}, {layout.feature} patches")
     if result.calibration is not None:
         describe(result.calibration, quiet)
 

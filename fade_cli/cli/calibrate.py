@@ -13,13 +13,14 @@ import typer
 from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
 from ..decisions.calibration import DEFAULT_FALSE_ALARM_RATE
 from ..errors import ImageError, UsageError
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, Failures, FgMatchingOpt,
     ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt,
     ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RefsOpt, ScalesOpt, SeedOpt,
     SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, reference_paths,
-    save_bytes,
+    save_bytes, scorer_spec,
 )
 from .decide import warn
 
@@ -46,6 +47,7 @@ def describe(scores, quiet: bool, rate: float = DEFAULT_FALSE_ALARM_RATE) -> Non
 
 
 def calibrate_command(
+    ctx: typer.Context,
     images: ImagesArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON; docs/calibration.md).")],
     class_name: ClassOpt = "object",
@@ -66,11 +68,11 @@ def calibrate_command(
     vision_feature: VisFeatOpt = None,
     segmentation_mode: SegModeOpt = "both",
     classification_mode: ClsModeOpt = "both",
-    method: MethodOpt = "fade",
+    method: MethodOpt = DEFAULT_METHOD,
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = "alfa",
+    prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
@@ -86,11 +88,10 @@ def calibrate_command(
     write their image scores and a sample of their pixel scores to a JSON file: the normal
     scores `--threshold auto --calibration FILE` calibrates from. Zero-shot by default; with
     --refs or --bank, held-out scores against those references."""
+    method_values = {k: v for k, v in locals().items() if k != "ctx"}
     from ..decisions.normals import score_normals
     from ..engines.runner import build_pipeline, load_spec_backbone
-    from ..methods.base import build_reference_bank
     from ..prompts.text import TextEncoderCache
-    from .score import _bank_layout, scorer_spec
 
     items = expand_inputs(images)
     failures = Failures()
@@ -101,15 +102,11 @@ def calibrate_command(
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
     ref_paths = reference_paths(refs, shots, shots_seed, items) if refs else []
-    spec = scorer_spec(method, class_name, model, pretrained, device, precision, cache_dir, not no_cache,
-                       scales=scales, cls_scale=cls_scale, cls_prompts=cls_prompts, seg_prompts=seg_prompts,
-                       vision_multiplier=vision_multiplier, vision_weight=vision_weight, vision_feature=vision_feature,
-                       segmentation_mode=segmentation_mode, classification_mode=classification_mode, windows=windows,
-                       no_aligner=no_aligner, no_rtp=no_rtp, prompt_filter=prompt_filter, positions=positions,
-                       object_prior=object_prior, multi_shape=multi_shape, smooth=smooth, fg_matching=fg_matching)
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
     t0 = time.perf_counter()
     backbone = load_spec_backbone(spec)
-    cache = TextEncoderCache(backbone, cache_dir, frame=spec.config.text_frame, enabled=not no_cache)
+    cache = TextEncoderCache(backbone, cache_dir, enabled=not no_cache)
+    pipeline = build_pipeline(spec, backbone, text_cache=cache, few_shot=bool(ref_paths) or bank is not None)
     reference_bank = None
     if bank is not None:
         from ..methods.memory import MemoryBank
@@ -119,13 +116,14 @@ def calibrate_command(
     else:
         held = {p.absolute() for p in ref_paths}
     if ref_paths:
-        reference_bank = build_reference_bank(backbone, load_images(ref_paths, max_pixels, "reference"), *_bank_layout(spec),
-                                              meta={"class": class_name, "images": [str(p) for p in ref_paths]})
+        reference_bank = pipeline.embed_references(load_images(ref_paths, max_pixels, "reference"),
+                                                   meta={"class": class_name, "images": [str(p) for p in ref_paths]})
     overlap = [p for p in good if p.absolute() in held]
     if overlap:  # scored against a bank holding itself, a good image looks far too normal
         raise UsageError(f"{overlap[0]}: is one of the references; calibrate with other good images "
                          "(or let `fade bank build` calibrate by leave-one-out)")
-    pipeline = build_pipeline(spec, backbone, reference_bank, cache)
+    if reference_bank is not None:
+        pipeline.use_reference_bank(reference_bank)
     loaded, paths = [], []
     for p in good:
         try:
