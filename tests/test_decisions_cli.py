@@ -165,7 +165,7 @@ def test_calibrate_writes_zero_shot_normal_scores_for_detect(capsys, monkeypatch
     expected = round(quantile_threshold(data["image_scores"], 0.01, upper=1.0).value, 6)
     assert {r["threshold"] for r in rows(out)} == {expected}
     assert {r["threshold_source"] for r in rows(out)} == {f"calibration:{cal}"}
-    assert err.count("warning:") == 1  # 4 images are too few for 1 %: said once, even with -q
+    assert err.count("warning:") == 1  # 4 images are too few for 1 %: said once by the run, even with -q
     # zero-shot scores are refused for a few-shot run; references are refused as calibration images
     code, _, err = run(capsys, monkeypatch, "detect", str(image_dir), "--threshold", "auto", "--calibration", str(cal),
                        "--refs", str(refs), "-q", *FAST, cache=cache)

@@ -22,7 +22,6 @@ from .common import (
     SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, reference_paths,
     save_bytes, scorer_spec,
 )
-from .decide import warn
 
 
 def load_images(paths: list[Path], max_pixels: int, what: str) -> list:
@@ -37,13 +36,12 @@ def load_images(paths: list[Path], max_pixels: int, what: str) -> list:
 
 
 def describe(scores, quiet: bool, rate: float = DEFAULT_FALSE_ALARM_RATE) -> None:
-    """One log line: the image threshold these scores give at the default rate."""
+    """One log line: the image threshold these scores give at the default rate (the run that
+    uses a threshold warns if it is extrapolated; saving scores does not)."""
     t = scores.image_threshold(rate)
     log(quiet, f"{len(scores.image)} normal image scores ({scores.meta.get('how')}); at a false-alarm rate of {rate:g} "
-               f"the threshold is {t.value:.4f} ({t.estimator}, {t.interval[0]:.2g} to {t.interval[1]:.2g} expected)")
-    message = t.warning("images")
-    if message:
-        warn(message)
+               f"the threshold would be {t.value:.4f} ({t.estimator}{', extrapolated' if t.extrapolated else ''}; "
+               f"{t.interval[0]:.2g} to {t.interval[1]:.2g} expected)")
 
 
 def calibrate_command(
