@@ -24,8 +24,8 @@ from .common import (
     ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
 )
 from .decide import (
-    PIXEL_THRESHOLD_HELP, CalibrationOpt, FalseAlarmOpt, FormatOpt, MinRegionOpt, NormalisedOpt, check_decision_flags, check_format,
-    resolve_thresholds,
+    PIXEL_THRESHOLD_HELP, CalibrationOpt, FalseAlarmOpt, FormatOpt, MinRegionOpt, NormalisedOpt, check_decision_flags,
+    check_format, resolve_thresholds,
 )
 
 
