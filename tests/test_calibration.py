@@ -197,3 +197,14 @@ def test_operating_point_measures_the_calibrated_thresholds_on_the_test_set():
     assert op["pixel"]["false_alarm_rate"] == pytest.approx(np.mean(maps[~masks] >= pt), abs=1e-6)
     assert operating_point(0.05, [0.3], None, test, labels)["skipped"].startswith("1 normal score")
     assert calibration_sample(list(range(10)), 3) == [0, 4, 9] and calibration_sample([2, 1], 5) == [1, 2]
+
+
+def test_calibrated_output_spec_travels_to_ray_actors():
+    import pickle
+    from pathlib import Path
+
+    from fade_cli.engines.runner import OutputSpec
+
+    t = quantile_threshold(np.linspace(0.1, 0.3, 50), 0.05)
+    spec = OutputSpec(threshold=t.value, base=Path("."), threshold_source="bank:b.npz", false_alarm_rate=0.05, normalise=t)
+    assert pickle.loads(pickle.dumps(spec)) == spec
