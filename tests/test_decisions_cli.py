@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fade_cli.decisions.calibration import quantile_threshold
+from fade_cli.decisions.calibration import NormalScores, quantile_threshold
 from fade_cli.decisions.formats import SEGMENT_COLUMNS
 from fade_cli.decisions.regions import find_regions
 
@@ -129,7 +129,7 @@ def test_bank_build_calibrates_by_leave_one_out_and_detect_uses_it(capsys, monke
     code, _, err = run(capsys, monkeypatch, "bank", "build", str(refs), "-o", str(bank), *FAST, cache=cache)
     assert code == 0, err
     assert "4 normal image scores (leave-one-out)" in err
-    stored = MemoryBank.load(bank).calibration
+    stored = NormalScores.of_bank(MemoryBank.load(bank))
     assert stored is not None and stored.image.shape == (4,) and stored.pixels.shape[0] == 4
     code, out, _ = run(capsys, monkeypatch, "bank", "info", str(bank), cache=cache)
     assert json.loads(out)["calibration"]["image_scores"] == 4
@@ -144,7 +144,7 @@ def test_bank_build_calibrates_by_leave_one_out_and_detect_uses_it(capsys, monke
         assert a["threshold"] == round(quantile_threshold(stored.image, 0.1, upper=1.0).value, 6)
     code, _, _ = run(capsys, monkeypatch, "bank", "build", str(refs), "-o", str(tmp_path / "plain.npz"), "--no-calibrate",
                      "-q", *FAST, cache=cache)
-    assert code == 0 and MemoryBank.load(tmp_path / "plain.npz").calibration is None
+    assert code == 0 and NormalScores.of_bank(MemoryBank.load(tmp_path / "plain.npz")) is None
     code, _, err = run(capsys, monkeypatch, *args, "--bank", str(tmp_path / "plain.npz"), cache=cache)
     assert code == 2 and "holds no normal scores" in err
 

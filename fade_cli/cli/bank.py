@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
+from ..decisions.calibration import NormalScores
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -108,16 +109,18 @@ def bank_build(
         backbone.check_scale(s)
     result = layout.embed(backbone, loaded, meta={"class": class_name, "pretrained": pretrained,
                                                    "images": [str(p) for p in paths]})
+    calibration = None
     if calibrate and len(loaded) >= 2:
         pipeline.use_reference_bank(result)
         log(quiet, f"calibrating: each of the {len(loaded)} references scored against the others ({pipeline.method_label})")
-        result.calibration = leave_one_out(pipeline, loaded, paths, class_name)
+        calibration = leave_one_out(pipeline, loaded, paths, class_name)
+        calibration.store_in(result)
     elif calibrate:
         log(quiet, "one reference image: no leave-one-out normal scores (--threshold auto needs 2 or more)")
     result.save(output)
     log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, layout.scales))}, {layout.feature} patches")
-    if result.calibration is not None:
-        describe(result.calibration, quiet)
+    if calibration is not None:
+        describe(calibration, quiet)
 
 
 @bank_app.command("info")
@@ -129,8 +132,8 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     info = {k: v for k, v in loaded.meta.items() if k != "images"}
     info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
     info["images"] = loaded.meta.get("images", [])
-    if loaded.calibration is not None:
-        cal = loaded.calibration
+    cal = NormalScores.of_bank(loaded)
+    if cal is not None:
         info["calibration"] = {"how": cal.meta.get("how"), "method": cal.meta.get("settings", {}).get("method"),
                                "image_scores": len(cal.image),
                                "pixel_scores": None if cal.pixels is None else list(cal.pixels.shape),

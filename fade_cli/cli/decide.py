@@ -99,10 +99,11 @@ def normal_scores(calibration: Path | None, bank_path: Path | None, pipeline, re
         return NormalScores.load(calibration), f"calibration:{calibration}"
     bank = getattr(pipeline, "reference_bank", None)
     if bank_path is not None:
-        if getattr(bank, "calibration", None) is None:
+        stored = NormalScores.of_bank(bank)
+        if stored is None:
             raise UsageError(f"{' and '.join(auto)} auto: the bank {bank_path} holds no normal scores "
                              "(build it with this fade's `fade bank build` from 2 or more images, or give --calibration FILE)")
-        return bank.calibration, f"bank:{bank_path}"
+        return stored, f"bank:{bank_path}"
     if len(ref_images) >= 2:
         from ..decisions.normals import leave_one_out
 

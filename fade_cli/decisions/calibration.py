@@ -183,6 +183,15 @@ class NormalScores:
         return arrays
 
     @classmethod
+    def of_bank(cls, bank) -> "NormalScores | None":
+        """The normal scores a reference bank (methods.memory.MemoryBank) keeps, or None."""
+        return cls.from_arrays(bank.extra_arrays)
+
+    def store_in(self, bank) -> None:
+        """Keep these scores with `bank` (saved in its .npz)."""
+        bank.extra_arrays.update(self.to_arrays())
+
+    @classmethod
     def from_arrays(cls, arrays) -> "NormalScores | None":
         """From an npz opened with allow_pickle=False; None if it holds no calibration."""
         if "calibration_image" not in arrays:

@@ -53,8 +53,8 @@ def score_calibration_images(zero, few, banks: dict, references: dict, samples: 
     run: zero-shot runs with `zero`, few-shot ones with `few` and their bank. A run's own
     references are left out of its calibration (their distance to the bank is zero).
     Each image is embedded once. Returns {run: (scores, pixels (n, m))}."""
-    from ..evaluation.metrics import resize_map
     from .calibration import sample_pixels
+    from .normals import full_size_map
 
     out = {run: ([], []) for run in references}
     for start in range(0, len(samples), batch_size):
@@ -66,5 +66,5 @@ def score_calibration_images(zero, few, banks: dict, references: dict, samples: 
                 if s.image in refs:
                     continue
                 out[run][0].append(res.score)
-                out[run][1].append(sample_pixels(resize_map(res.map.numpy()[None], eval_size)[0], seed=start + i))
+                out[run][1].append(sample_pixels(full_size_map(res.map, (eval_size, eval_size)), seed=start + i))
     return {run: (scores, np.stack(pixels) if pixels else None) for run, (scores, pixels) in out.items()}

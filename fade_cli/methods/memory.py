@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..decisions.calibration import NormalScores
 from ..errors import MemoryBankError
 
 BANK_FORMAT = 1
@@ -52,7 +51,9 @@ class MemoryBank:
 
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
-    calibration: object | None = None  # decisions.calibration.NormalScores: leave-one-out normal scores
+    # arrays a higher layer keeps with the bank, saved and loaded as they are (decisions: the
+    # references' leave-one-out normal scores); never named scale_* or meta_json
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def check_compatible(self, backbone, scales, feature: str) -> None:
         """Refuse a bank built with other weights, without these scales, or of another feature kind."""
@@ -91,8 +92,7 @@ class MemoryBank:
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
-        if self.calibration is not None:
-            arrays.update(self.calibration.to_arrays())
+        arrays.update({k: v for k, v in self.extra_arrays.items() if not k.startswith("scale_") and k != "meta_json"})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as fh:
@@ -107,11 +107,11 @@ class MemoryBank:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta_json"]))
                 patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
-                calibration = NormalScores.from_arrays(npz)
+                extra = {k: np.array(npz[k]) for k in npz.files if not k.startswith("scale_") and k != "meta_json"}
         except FileNotFoundError:
             raise MemoryBankError(f"{path}: no such file") from None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
         if meta.get("format") != BANK_FORMAT:
             raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
-        return cls(patches=patches, meta=meta, calibration=calibration)
+        return cls(patches=patches, meta=meta, extra_arrays=extra)
