@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..data.io import DEFAULT_MAX_PIXELS, expand_inputs, load_image
+from ..data.io import DEFAULT_MAX_PIXELS, atomic_write, expand_inputs, load_image
 from ..decisions.calibration import DEFAULT_FALSE_ALARM_RATE
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
@@ -20,7 +20,7 @@ from .common import (
     ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt,
     ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RefsOpt, ScalesOpt, SeedOpt,
     SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, reference_paths,
-    save_bytes, scorer_spec,
+    scorer_spec,
 )
 
 
@@ -134,7 +134,7 @@ def calibrate_command(
     log(quiet, f"scoring {len(loaded)} good image(s) ({pipeline.method_label}, "
                f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'})")
     scores = score_normals(pipeline, loaded, paths, class_name, batch_size=batch_size)
-    save_bytes(output, json.dumps(scores.to_json()).encode())
+    atomic_write(output, lambda fh: fh.write(json.dumps(scores.to_json()).encode()))
     log(quiet, f"wrote {output} in {time.perf_counter() - t0:.1f} s")
     describe(scores, quiet)
     raise typer.Exit(1 if failures.count else 0)
