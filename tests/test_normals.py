@@ -53,5 +53,7 @@ def test_zero_shot_normal_scores_are_the_pipeline_scores(zero, refs):
     other = FadePipeline.from_config(zero.backbone, FadeConfig(cls_scale=32, seg_scales=(32,), seg_prompts=("winclip",)), "object")
     with pytest.raises(CalibrationError, match="seg_scales"):
         check_settings(scores, other, "c.json")
+    with pytest.raises(CalibrationError, match="another class, 'object' .this run: 'bottle'"):
+        check_settings(scores, FadePipeline.from_config(zero.backbone, CONFIG, "bottle"), "c.json")
     json_back = NormalScores.from_json(scores.to_json())
     check_settings(json_back, zero, "c.json")  # survives the file round trip

@@ -31,10 +31,10 @@ def full_size_map(grid_map, size: tuple[int, int]) -> np.ndarray:
 
 
 def settings_of(pipeline) -> dict:
-    """What a calibration is only valid for: model, weights, method, its settings and prompts."""
+    """What a calibration is only valid for: model, weights, method, its settings, prompts and class."""
     backbone = pipeline.backbone
     return _as_json({"model": backbone.model_name, "weights_id": backbone.weights_id, "method": pipeline.method_label,
-            "config": pipeline.config.as_dict(), "banks": pipeline.banks})
+                     "config": pipeline.config.as_dict(), "banks": pipeline.banks, "class": pipeline.class_name})
 
 
 def _as_json(value):
@@ -45,7 +45,7 @@ def _as_json(value):
 def check_settings(scores: NormalScores, pipeline, source: str) -> None:
     """Refuse normal scores made with another model, method or settings than this run's."""
     made, now = scores.meta.get("settings") or {}, settings_of(pipeline)
-    for key in ("model", "weights_id", "method", "banks", "config"):
+    for key in ("model", "weights_id", "method", "banks", "class", "config"):
         if made.get(key) != now[key]:
             if key == "config":
                 diff = sorted(k for k in set(made.get(key) or {}) | set(now[key])
