@@ -8,7 +8,7 @@ import fade_cli
 
 PACKAGE = Path(fade_cli.__file__).parent
 # bottom to top; a module may import its own layer and the ones before it
-LAYERS = ["errors", "data", "model", "prompts", "methods", "evaluation", "engines", "cli"]
+LAYERS = ["errors", "data", "model", "prompts", "methods", "decisions", "evaluation", "engines", "cli"]
 # evaluation runs pipelines through the runner's ScorerSpec / build_pipeline (engines is a peer)
 ALLOWED_UPWARD = {("evaluation", "engines")}
 

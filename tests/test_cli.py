@@ -51,7 +51,7 @@ def test_detect_prints_one_json_line_per_image(capsys, monkeypatch, image_dir, t
     results = rows(stdout)
     assert len(results) == 2
     for r in results:
-        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "ms", "method", "shots", "banks"}
+        assert set(r) == {"path", "class", "score", "anomalous", "threshold", "threshold_source", "ms", "method", "shots", "banks"}
         assert r["banks"] == ["winclip@1.0.0"] and r["shots"] == 0 and r["method"] == "fade"
         assert r["class"] == "metal_nut" and r["anomalous"] is True and r["ms"] > 0
 
@@ -248,7 +248,7 @@ def test_interrupt_discards_the_current_image_and_keeps_the_manifest_consistent(
     (["detect", "x.png", "--threshold", "abc"], "--threshold"),
     (["detect"], "Missing argument"),
     (["nosuchcmd"], "No such command"),
-    (["bank", "build", "x.png", "-o", "b.npz", "--cls-scale", "3"], "No such option: --cls-scale"),
+    (["bank", "build", "x.png", "-o", "b.npz", "--engine", "ray"], "No such option: --engine"),
 ])
 def test_command_line_mistakes_give_one_line_and_exit_2(capsys, monkeypatch, args, message):
     code, stdout, stderr = run(capsys, monkeypatch, *args)

@@ -21,7 +21,7 @@ from rich.console import Console
 from .. import __version__
 from ..data.inputs import shown
 from ..errors import FadeError
-from . import bank, demo, explain, prompts, score
+from . import bank, calibrate, demo, explain, prompts, score
 from . import eval as eval_commands
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ app.command()(score.segment)
 app.command("eval")(eval_commands.eval_command)
 app.command("demo-data")(demo.demo_data)
 app.add_typer(bank.bank_app, name="bank")
+app.command("calibrate")(calibrate.calibrate_command)
 app.command()(explain.explain)
 app.add_typer(prompts.prompts_app, name="prompts")
 

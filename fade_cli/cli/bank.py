@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from ..data.inputs import scan_inputs, shown
 from ..data.io import DEFAULT_MAX_PIXELS, load_image
 from ..data.outputs import check_file_destination
+from ..decisions.calibration import NormalScores
 from ..errors import ImageError, UsageError
+from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    ClassOpt, DeviceOpt, ImagesArg, MaxPixelsOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, ScalesOpt,
-    SeedOpt, ShotsOpt, VerboseOpt, log, parse_scales, report_skipped, resolve_model_name,
+    CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg, MaxPixelsOpt,
+    MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt,
+    PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt,
+    SmoothOpt, VerboseOpt, WeightOpt, WindowsOpt, log, parse_scales, report_skipped, scorer_spec,
 )
 
 
@@ -25,6 +29,7 @@ bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot m
 
 @bank_app.command("build")
 def bank_build(
+    ctx: typer.Context,
     images: ImagesArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Bank file to write (e.g. bottle.fadebank).")],
     class_name: ClassOpt = "object",
@@ -35,7 +40,27 @@ def bank_build(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    feature: Annotated[str, typer.Option("--feature", help="Patch features stored: clip (FADE few-shot) or gem.")] = "clip",
+    feature: Annotated[Optional[str], typer.Option("--feature", help="Patch features stored: clip or gem. Default: the method's few-shot vision feature (clip).", show_default=False)] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Also score each reference against the others with the method and settings given (leave-one-out) and store those normal scores, for --threshold auto.")] = True,
+    cls_scale: ClsScaleOpt = 240,
+    cls_prompts: ClsPromptsOpt = None,
+    seg_prompts: SegPromptsOpt = None,
+    vision_multiplier: MultOpt = None,
+    vision_weight: WeightOpt = None,
+    segmentation_mode: SegModeOpt = "both",
+    classification_mode: ClsModeOpt = "both",
+    method: MethodOpt = DEFAULT_METHOD,
+    windows: WindowsOpt = "2,3",
+    no_aligner: NoAlignerOpt = False,
+    no_rtp: NoRtpOpt = False,
+    prompt_filter: PromptFilterOpt = None,
+    positions: PositionsOpt = None,
+    object_prior: ObjectPriorOpt = None,
+    multi_shape: MultiShapeOpt = None,
+    smooth: SmoothOpt = None,
+    fg_matching: FgMatchingOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bank file.")] = False,
     quiet: QuietOpt = False,
@@ -44,11 +69,21 @@ def bank_build(
     """Embed good reference images once and save them; reuse with `--bank FILE`.
 
     The bank stores each scale's patch embeddings and the model, weights fingerprint,
-    scales, feature kind and fade version; it is read without pickle."""
-    from ..model.backbone import load_backbone
-    from ..methods.base import build_reference_bank
+    scales, feature kind and fade version; it is read without pickle. With 2 or more images it
+    also calibrates: each reference is scored against a bank of the others with the method and
+    settings given here (use the same ones with --bank), and the bank keeps those normal
+    scores for `--threshold auto` (docs/calibration.md)."""
+    method_values = {k: v for k, v in locals().items() if k != "ctx"}
+    method_values["vision_feature"] = feature  # the bank's patches are the few-shot vision feature
+    from dataclasses import replace
 
-    if feature not in ("clip", "gem"):
+    from ..decisions.normals import leave_one_out
+    from ..engines.runner import build_pipeline, load_spec_backbone
+    from ..methods import get_method
+    from ..prompts.text import TextEncoderCache
+    from .calibrate import describe
+
+    if feature is not None and feature not in ("clip", "gem"):
         raise UsageError(f"--feature {feature}: expected clip or gem")
     check_file_destination(output, "--output")
     if os.path.lexists(output) and not overwrite:
@@ -66,20 +101,36 @@ def bank_build(
         if shots > len(paths):
             raise UsageError(f"--shots {shots}: only {len(paths)} reference images given")
         paths = [paths[i] for i in sample_reference_indices(len(paths), shots, shots_seed)]
+    if feature is not None and "vision_feature" not in get_method(method).flags:
+        raise UsageError(f"--feature does not apply to --method {method} (its bank holds the patches it needs)")
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, method_values)
     loaded = []
     for p in paths:
         try:
             loaded.append(load_image(p, max_pixels))
         except ImageError as exc:
             raise UsageError(f"{p}: {exc}") from None
-    backbone = load_backbone(resolve_model_name(model), pretrained, device, precision)
-    seg_scales = parse_scales(scales)
-    for s in seg_scales:
+    backbone = load_spec_backbone(spec)
+    cache = TextEncoderCache(backbone, cache_dir, enabled=not no_cache)
+    pipeline = build_pipeline(spec, backbone, text_cache=cache, few_shot=True)
+    layout = pipeline.bank_layout  # plus every --scales scale, as banks always held
+    layout = replace(layout, scales=tuple(sorted(set(layout.scales) | set(parse_scales(scales)))))
+    for s in layout.scales:
         backbone.check_scale(s)
-    result = build_reference_bank(backbone, loaded, seg_scales, feature,
-                                  meta={"class": class_name, "pretrained": pretrained, "images": [str(p) for p in paths]})
+    result = layout.embed(backbone, loaded, meta={"class": class_name, "pretrained": pretrained,
+                                                   "images": [str(p) for p in paths]})
+    calibration = None
+    if calibrate and len(loaded) >= 2:
+        pipeline.use_reference_bank(result)
+        log(quiet, f"calibrating: each of the {len(loaded)} references scored against the others ({pipeline.method_label})")
+        calibration = leave_one_out(pipeline, loaded, paths, class_name)
+        calibration.store_in(result)
+    elif calibrate:
+        log(quiet, "one reference image: no leave-one-out normal scores (--threshold auto needs 2 or more)")
     result.save(output)
-    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, seg_scales))}, {feature} patches")
+    log(quiet, f"wrote {output}: {len(paths)} image(s), scales {', '.join(map(str, layout.scales))}, {layout.feature} patches")
+    if calibration is not None:
+        describe(calibration, quiet)
 
 
 @bank_app.command("info")
@@ -91,4 +142,10 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     info = {k: v for k, v in loaded.meta.items() if k != "images"}
     info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
     info["images"] = loaded.meta.get("images", [])
+    cal = NormalScores.of_bank(loaded)
+    if cal is not None:
+        info["calibration"] = {"how": cal.meta.get("how"), "method": cal.meta.get("settings", {}).get("method"),
+                               "image_scores": len(cal.image),
+                               "pixel_scores": None if cal.pixels is None else list(cal.pixels.shape),
+                               "threshold_at_1_percent": cal.image_threshold(0.01).as_dict()}
     print(json.dumps(info, indent=2))

@@ -89,7 +89,7 @@ WeightOpt = Annotated[Optional[float], typer.Option("--vision-weight", min=0.0, 
 VisFeatOpt = Annotated[Optional[str], typer.Option("--vision-feature", help="Patch features for vision guidance: gem or clip. Default: gem zero-shot, clip few-shot.", show_default=False)]
 SegModeOpt = Annotated[str, typer.Option("--segmentation-mode", help="language, vision or both.")]
 ClsModeOpt = Annotated[str, typer.Option("--classification-mode", help="language, vision (needs references) or both.")]
-ThresholdOpt = Annotated[float, typer.Option("--threshold", "-t", help="Image score at or above which an image is labelled anomalous.")]
+ThresholdOpt = Annotated[str, typer.Option("--threshold", "-t", metavar="T|auto", help="Image score at or above which an image is labelled anomalous, or auto: calibrated from good images at --false-alarm-rate (docs/calibration.md).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where text embeddings are cached. Default: $FADE_CACHE_DIR or ~/.cache/fade.", show_default=False)]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]

@@ -34,6 +34,8 @@ def eval_command(
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write every map (.npy at the evaluation size) under OUT/maps.")] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write heatmap overlays under OUT/overlays.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep classes already finished in OUT with the same settings.")] = False,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", min=0, metavar="N", help="Train/good images (spread over the class's train set; never a run's references) that calibrate each run's thresholds at --false-alarm-rate; FAR and Miss report the test-set false-alarm and miss rates there. 0 = off.")] = 50,
+    false_alarm_rate: Annotated[float, typer.Option("--false-alarm-rate", metavar="RATE", help="The false-alarm rate (between 0 and 1) the thresholds are calibrated for (docs/calibration.md).")] = 0.01,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -94,7 +96,7 @@ def eval_command(
     report = run_benchmark(spec, root, dataset=dataset, classes=split_list(classes), shots=shot_list, seeds=seeds,
                            out=out, eval_size=eval_size, split_csv=split_csv, save_maps=save_maps,
                            save_overlays=save_overlays, resume=resume, batch_size=batch_size, cache_dir=cache_dir,
-                           log=lambda m: log(quiet, m),
-                           progress=class_progress)
+                           log=lambda m: log(quiet, m), progress=class_progress,
+                           calibration_images=calibration_images, false_alarm_rate=false_alarm_rate)
     print(markdown_table(report["summary"]))
     log(quiet, f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'per_image.csv'}")

@@ -15,6 +15,7 @@ import typer
 from ..data.inputs import scan_inputs, shown
 from ..data.io import DEFAULT_MAX_PIXELS, Manifest, load_image
 from ..data.outputs import common_base, prepare_writes
+from ..decisions.formats import row_writer
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -26,6 +27,10 @@ from .common import (
     PromptFilterOpt, QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt,
     ShotsOpt, SmoothOpt, ThresholdOpt, VerboseOpt, VisFeatOpt, WeightOpt, WindowsOpt, checked_number, log,
     progress_bar, reference_paths, refuse_references, report_skipped, scorer_spec,
+)
+from .decide import (
+    PIXEL_THRESHOLD_HELP, CalibrationOpt, FalseAlarmOpt, FormatOpt, MinRegionOpt, NormalisedOpt, check_decision_flags,
+    check_format, resolve_thresholds,
 )
 
 
@@ -49,14 +54,14 @@ def _score(
     pretrained: str,
     device: str,
     precision: str,
-    threshold: float,
+    threshold: str,
     batch_size: int,
     cache_dir: Path | None,
     no_cache: bool,
     max_pixels: int,
     quiet: bool,
     out: Path | None = None,
-    pixel_threshold: float = 0.5,
+    pixel_threshold: str = "0.5",
     resume: bool = False,
     manifest: Path | None = None,
     method: str = DEFAULT_METHOD,
@@ -65,6 +70,11 @@ def _score(
     actors: int | None = None,
     verbose: bool = False,
     overwrite: bool = False,
+    false_alarm_rate: float | None = None,
+    calibration: Path | None = None,
+    normalised_score: bool = False,
+    min_region_area: int = 1,
+    output_format: str = "jsonl",
     **method_values,
 ) -> int:
     """detect / segment: inputs -> rows on stdout (and files under `out`); the exit status."""
@@ -84,6 +94,9 @@ def _score(
         require_ray()  # before any work: without the extra, one line saying how to install it
     elif ray_address is not None or actors is not None:
         raise UsageError("--ray-address and --actors need --engine ray")
+    check_format(output_format)
+    check_decision_flags(threshold, pixel_threshold if out is not None else None, false_alarm_rate, calibration,
+                         normalised_score)
     scanned = scan_inputs(images, exclude=[out] if out is not None else ())
     items = scanned.items
     if not items:
@@ -92,6 +105,7 @@ def _score(
     todo = [i.path for i in items if not i.error]
     refuse_references(method, refs=refs, bank=bank, shots=shots)  # zero-shot-only methods, before reading refs
     ref_paths = reference_paths(refs, shots, shots_seed, items, verbose) if refs else []
+    ref_images = []
     if bank is not None and refs:
         raise UsageError("give either --refs or --bank, not both")
 
@@ -125,7 +139,6 @@ def _score(
         log(quiet, f"reference bank {bank}: {reference_bank.meta.get('n_images')} image(s), class {reference_bank.meta.get('class')}")
     if ref_paths:
         log(quiet, f"embedding {len(ref_paths)} reference image(s) at {', '.join(map(str, pipeline.bank_layout.scales))} px")
-        ref_images = []
         for p in ref_paths:
             try:
                 ref_images.append(load_image(p, max_pixels))
@@ -141,9 +154,14 @@ def _score(
                 f"{'%s-shot' % reference_bank.meta.get('n_images') if reference_bank else 'zero-shot'}, "
                 f"prompts {', '.join(pipeline.banks)}; text cache {cache.hits} hit(s), {cache.misses} miss(es))")
 
-    output = OutputSpec(threshold=threshold, base=common_base(todo), out=out,
-                        pixel_threshold=pixel_threshold, max_pixels=max_pixels,
-                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0, stems=stems)
+    decided = resolve_thresholds(threshold=threshold, pixel_threshold=pixel_threshold if out is not None else None,
+                                 false_alarm_rate=false_alarm_rate, calibration=calibration, normalised=normalised_score,
+                                 bank_path=bank, pipeline=pipeline, ref_images=ref_images, ref_paths=ref_paths,
+                                 class_name=class_name, quiet=quiet)
+    output = OutputSpec(base=common_base(todo) if todo else Path.cwd(), out=out, max_pixels=max_pixels,
+                        shots=int(reference_bank.meta.get("n_images", 0)) if reference_bank else 0,
+                        min_region_area=min_region_area, stems=stems, **decided)
+    threshold, pixel_threshold = output.threshold, output.pixel_threshold
     record = None
     finished: dict[str, dict] = {}
     if manifest is not None:
@@ -151,6 +169,8 @@ def _score(
                     "config": pipeline.config.as_dict(), "class": class_name, "banks": pipeline.banks,
                     "threshold": threshold, "pixel_threshold": pixel_threshold if out is not None else None,
                     "out": str(out) if out else None,
+                    **({"min_region_area": min_region_area} if min_region_area != 1 else {}),
+                    **({"normalised_score": True} if normalised_score else {}),
                     "references": reference_bank.meta.get("images") if reference_bank else None}
         record = Manifest(manifest, hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16])
         finished = record.finished() if resume else {}
@@ -159,6 +179,7 @@ def _score(
     already = {p for p in todo if str(p.absolute()) in finished}
     if already:
         log(quiet, f"resuming: {len(already)} image(s) already finished, {len(todo) - len(already)} to do")
+    writer = row_writer(output_format, sys.stdout, segment=out is not None)
     progress = progress_bar(len(todo), quiet)
     task = progress.add_task("scoring", total=len(todo)) if progress else None
     pending = [p for p in todo if p not in already]
@@ -186,7 +207,7 @@ def _score(
         for p in todo:  # rows in input order, finished ones included
             if p in already:
                 row = finished[str(p.absolute())]
-                print(json.dumps({k: v for k, v in row.items() if k not in ("input", "settings")}), flush=True)
+                writer.write({k: v for k, v in row.items() if k not in ("input", "settings")})
             else:
                 outcome = next(results)
                 assert outcome.path == p, (outcome.path, p)
@@ -195,7 +216,7 @@ def _score(
                 else:
                     if record is not None:
                         record.append(outcome.row, p)
-                    print(json.dumps(outcome.row), flush=True)
+                    writer.write(outcome.row)
             if progress:
                 progress.update(task, advance=1)
     finally:
@@ -215,7 +236,10 @@ def detect(
     bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 0.5,
+    threshold: ThresholdOpt = "0.5",
+    false_alarm_rate: FalseAlarmOpt = None,
+    calibration: CalibrationOpt = None,
+    normalised_score: NormalisedOpt = False,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -258,6 +282,7 @@ def detect(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
+    output_format: FormatOpt = "jsonl",
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
     raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))
@@ -272,8 +297,12 @@ def segment(
     bank: BankOpt = None,
     shots: ShotsOpt = None,
     shots_seed: SeedOpt = 0,
-    threshold: ThresholdOpt = 0.5,
-    pixel_threshold: Annotated[float, typer.Option("--pixel-threshold", help="Map value at or above which a pixel is in the binary mask.")] = 0.5,
+    threshold: ThresholdOpt = "0.5",
+    pixel_threshold: Annotated[str, typer.Option("--pixel-threshold", metavar="T|auto", help=PIXEL_THRESHOLD_HELP)] = "0.5",
+    false_alarm_rate: FalseAlarmOpt = None,
+    calibration: CalibrationOpt = None,
+    normalised_score: NormalisedOpt = False,
+    min_region_area: MinRegionOpt = 1,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     device: DeviceOpt = "auto",
@@ -316,6 +345,7 @@ def segment(
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
+    output_format: FormatOpt = "jsonl",
 ) -> None:
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png

@@ -46,6 +46,12 @@ class OutputSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS
     shots: int = 0
     stems: dict | None = None  # input -> output stem under `out` (data.outputs.plan_stems); else mirrored
+    # where the thresholds came from (docs/calibration.md): "fixed", "bank:FILE", "calibration:FILE", ...
+    threshold_source: str = "fixed"
+    pixel_threshold_source: str = "fixed"
+    false_alarm_rate: float | None = None  # the rate asked for, when a threshold is calibrated
+    normalise: object | None = None  # a calibrated decisions.calibration.Threshold: rows get normalised_score
+    min_region_area: int = 1  # segment: regions of fewer pixels are not listed
 
 
 @dataclass
@@ -104,8 +110,11 @@ def finish_outcome(outcome: Outcome, pipeline, spec: ScorerSpec, output: OutputS
         "path": str(outcome.path),
         "class": spec.class_name,
         "score": round(res.score, 6),
+        **_normalised(res.score, output),
         "anomalous": res.score >= output.threshold,
         "threshold": output.threshold,
+        "threshold_source": output.threshold_source,
+        **({"false_alarm_rate": output.false_alarm_rate} if output.false_alarm_rate is not None else {}),
         "ms": round(ms, 1),
         "method": pipeline.method_label,
         "shots": output.shots,
@@ -113,8 +122,10 @@ def finish_outcome(outcome: Outcome, pipeline, spec: ScorerSpec, output: OutputS
     }
     if output.out is not None:
         try:
+            row.update(pixel_threshold=output.pixel_threshold, pixel_threshold_source=output.pixel_threshold_source)
             stem = (output.stems or {}).get(outcome.path) or output_stem(outcome.path, output.base)
-            row.update(write_segmentation(output.out, stem, image, res.map, output.pixel_threshold))
+            row.update(write_segmentation(output.out, stem, image, res.map, output.pixel_threshold,
+                                          output.min_region_area))
         except OSError as exc:
             outcome.error = f"cannot write outputs under {output.out} ({exc.strerror or exc})"
             return
@@ -150,14 +161,23 @@ def _read(path: Path, max_pixels: int):
         return str(exc)
 
 
-def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float) -> dict:
-    """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG)."""
+def _normalised(score: float, output: OutputSpec) -> dict:
+    if output.normalise is None:
+        return {}
+    from ..decisions.calibration import normalised_score
+
+    return {"normalised_score": round(normalised_score(score, output.normalise), 6)}
+
+
+def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: float, min_region_area: int = 1) -> dict:
+    """Float map at the image's size (.npy), heatmap overlay and binary mask (PNG); the mask's
+    connected regions (fade_cli/decisions/regions.py) for the row."""
     from PIL import Image
 
-    from ..methods.guidance import resize_map
+    from ..decisions.normals import full_size_map
+    from ..decisions.regions import find_regions
 
-    w, h = image.size
-    full = resize_map(grid_map[None].float(), (h, w))[0].clamp(0, 1).numpy().astype(np.float32)
+    full = full_size_map(grid_map, image.size)
     base = out / stem
     paths = {kind: base.with_name(base.name + suffix) for kind, suffix in zip(("map", "overlay", "mask"), OUTPUT_SUFFIXES)}
     mask = full >= pixel_threshold
@@ -173,5 +193,6 @@ def write_segmentation(out: Path, stem: Path, image, grid_map, pixel_threshold: 
     return {
         "map_max": round(float(full.max()), 6),
         "anomalous_fraction": round(float(mask.mean()), 6),
+        "regions": [r.as_dict() for r in find_regions(mask, full, min_region_area)],
         "outputs": {k: str(v) for k, v in paths.items()},
     }

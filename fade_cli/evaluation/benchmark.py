@@ -28,10 +28,12 @@ import torch
 from ..data.datasets import ClassSplit, DatasetError, load_mask, sample_references
 from ..data.io import atomic_write, load_image, overlay, read_ahead, save_npy, save_png
 from ..errors import ImageError, UsageError
+from ..decisions.operating import calibration_sample, operating_point, score_calibration_images
+from ..errors import ImageError
 from ..methods.memory import MemoryBank
 from .metrics import evaluate, resize_map, resize_mask
 
-METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro")
+METRIC_KEYS = ("image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro", "far", "miss")
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,16 @@ def evaluate_class(
     maps_dir: Path | None = None,
     overlays_dir: Path | None = None,
     on_image: Callable[[], None] | None = None,
+    calibration_images: int = 0,
+    false_alarm_rate: float = 0.01,
 ) -> ClassResult:
     """Metrics of every run of one class (values in percent, as the papers' tables).
 
     `make_pipeline(class_name)` gives the method's zero-shot pipeline (FADE, ALFA, ...); its
-    `few_shot_variant()` scores the same embeddings against each run's reference bank."""
+    `few_shot_variant()` scores the same embeddings against each run's reference bank.
+    With `calibration_images` > 0, that many train/good images (not a run's references) set
+    each run's thresholds at `false_alarm_rate`, and the run also reports the false-alarm and
+    miss rates they give on the test set (`operating_point`, and far / miss in percent)."""
     if not split.test:
         raise DatasetError(f"class {split.class_name}: no test images")
     zero = make_pipeline(split.class_name)
@@ -145,9 +152,15 @@ def evaluate_class(
     if y.min() == y.max():
         raise DatasetError(f"class {split.class_name}: the test set has only {'anomalous' if y[0] else 'good'} images; metrics need both")
     mask_arr = np.stack(masks) if has_masks else None
+    normals = _calibration_scores(zero, few, banks, result.runs, runs, split, calibration_images, eval_size, batch_size, extra)
     for entry, r in zip(result.runs, runs):
         maps = resize_map(torch.stack(grid_maps[r]).numpy(), eval_size) if has_masks else None
         entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps).items()}
+        if r in normals:
+            entry["operating_point"] = point = operating_point(false_alarm_rate, *normals[r], scores[r], y, maps, mask_arr)
+            if "image" in point:
+                entry["metrics"].update(far=round(100 * point["image"]["false_alarm_rate"], 4),
+                                        miss=round(100 * point["image"]["miss_rate"], 4))
     return result
 
 
@@ -163,6 +176,21 @@ def _scored_subsets(pipeline, samples, read, batch_size: int):
         parts = [pipeline.embed([image for _, (image, _) in chunk[i : i + batch_size]])
                  for i in range(0, len(chunk), batch_size)]
         yield chunk, {Run(0, 0): pipeline.score(pipeline.concat_embeddings(parts))}
+def _calibration_scores(zero, few, banks, entries, runs, split: ClassSplit, count: int, eval_size: int,
+                        batch_size: int, extra) -> dict:
+    """Each run's normal scores from `count` train/good images (decisions/operating.py)."""
+    if count <= 0 or not split.train:
+        return {}
+
+    def load(path):
+        try:
+            return load_image(path)
+        except ImageError as exc:
+            raise DatasetError(f"{path}: {exc}") from None
+
+    references = {r: {Path(p) for p in entry["references"]} for entry, r in zip(entries, runs)}
+    return score_calibration_images(zero, few, banks, references, calibration_sample(split.train, count), eval_size,
+                                    batch_size, extra, load)
 
 
 def _save_inspection(maps_dir, overlays_dir, run: Run, split: ClassSplit, path: Path, image, grid_map, size: int) -> None:
@@ -205,7 +233,7 @@ def _mean_std(rows: Sequence[dict]) -> dict:
 def markdown_table(summary: dict) -> str:
     """One Markdown table: a row per (shots, class) and the mean rows; values mean ± std."""
     names = {"image_auroc": "AUROC", "image_aupr": "AUPR", "image_f1_max": "F1-max",
-             "pixel_auroc": "pAUROC", "pixel_f1_max": "pF1-max", "pro": "PRO"}
+             "pixel_auroc": "pAUROC", "pixel_f1_max": "pF1-max", "pro": "PRO", "far": "FAR", "miss": "Miss"}
     present = [m for m in METRIC_KEYS if any(m in v for c in summary["classes"].values() for v in c.values())]
     lines = ["| shots | class | " + " | ".join(names[m] for m in present) + " |",
              "|---|---|" + "---|" * len(present)]
@@ -244,6 +272,8 @@ def run_benchmark(
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
     progress: Callable[[str, int], contextlib.AbstractContextManager] | None = None,
+    calibration_images: int = 50,
+    false_alarm_rate: float = 0.01,
 ) -> dict:
     """Evaluate `spec`'s method (an engines.runner.ScorerSpec; its class name is replaced per class)
     on every class (default: all found) for each shot count (0 = zero-shot) and `seeds` seeds.
@@ -252,7 +282,9 @@ def run_benchmark(
     results.csv, OUT/per_image.csv and OUT/classes/CLASS.json (a finished class is kept by `resume`
     when its settings are the same). `backbone` and `text_cache` default to the spec's model and a
     text cache in `cache_dir` (default: $FADE_CACHE_DIR or ~/.cache/fade); `log` gets progress lines; `progress(class, n_images)` is a context
-    manager giving a callable to call once per image."""
+    manager giving a callable to call once per image. `calibration_images` train/good images
+    calibrate each run's thresholds at `false_alarm_rate` for its operating point (0 = off;
+    decisions/operating.py)."""
     from dataclasses import replace
 
     from .. import __version__
@@ -262,6 +294,8 @@ def run_benchmark(
     from ..prompts.text import TextEncoderCache
 
     say = log or (lambda message: None)
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise UsageError(f"--false-alarm-rate {false_alarm_rate}: expected a number between 0 and 1 (e.g. 0.01)")
     if dataset not in DATASETS:
         raise UsageError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
     shot_list = sorted(set(int(k) for k in shots))
@@ -284,7 +318,8 @@ def run_benchmark(
     settings = {"dataset": dataset, "root": str(Path(root).absolute()), "method": probe.method_label,
                 "model": backbone.model_name, "pretrained": spec.pretrained, "weights_id": backbone.weights_id,
                 "config": probe.config.as_dict(), "banks": probe.banks, "shots": shot_list, "seeds": seeds,
-                "eval_size": eval_size, "fade_version": __version__}
+                "eval_size": eval_size, "fade_version": __version__, "calibration_images": calibration_images,
+                "false_alarm_rate": false_alarm_rate}
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     results = []
     for name in wanted:
@@ -300,7 +335,8 @@ def run_benchmark(
         with (progress(name, len(split.test)) if progress else contextlib.nullcontext(None)) as on_image:
             res = evaluate_class(make_pipeline, split, runs, eval_size, batch_size,
                                  out / "maps" if save_maps else None, out / "overlays" if save_overlays else None,
-                                 on_image=on_image)
+                                 on_image=on_image, calibration_images=calibration_images,
+                                 false_alarm_rate=false_alarm_rate)
         seconds = time.perf_counter() - t0
         record = {**res.as_dict(), "settings": fingerprint, "seconds": round(seconds, 2),
                   "seconds_per_image": round(seconds / len(split.test), 3)}

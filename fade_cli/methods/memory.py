@@ -51,6 +51,9 @@ class MemoryBank:
 
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, weights_fingerprint, feature, class, images, fade version
+    # arrays a higher layer keeps with the bank, saved and loaded as they are (decisions: the
+    # references' leave-one-out normal scores); never named scale_* or meta_json
+    extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def has_fingerprint(self) -> bool:
@@ -103,6 +106,7 @@ class MemoryBank:
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
+        arrays.update({k: v for k, v in self.extra_arrays.items() if not k.startswith("scale_") and k != "meta_json"})
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
@@ -111,10 +115,11 @@ class MemoryBank:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta_json"]))
                 patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
+                extra = {k: np.array(npz[k]) for k in npz.files if not k.startswith("scale_") and k != "meta_json"}
         except FileNotFoundError:
             raise MemoryBankError(f"{path}: no such file") from None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
         if meta.get("format") != BANK_FORMAT:
             raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
-        return cls(patches=patches, meta=meta)
+        return cls(patches=patches, meta=meta, extra_arrays=extra)
