@@ -17,7 +17,7 @@ def test_segment_with_alfa_writes_outputs_and_records_the_method(capsys, monkeyp
     code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", *ALFA, cache=tmp_path)
     assert code == 1 and "broken.png" in stderr
     got = rows(stdout)
-    assert [r["method"] for r in got] == ["alfa"] * 3 and all(r["banks"] == ["alfa@1.0.0"] for r in got)
+    assert [r["method"] for r in got] == ["alfa"] * 3 and all(r["banks"] == ["alfa@2.0.0"] for r in got)
     for r in got:
         full = np.load(r["outputs"]["map"])
         w, h = Image.open(r["path"]).size
@@ -78,7 +78,7 @@ def test_explain_with_alfa_reports_contextual_scores(capsys, monkeypatch, image_
                                cache=tmp_path)
     assert code == 0, stderr
     res = json.loads(stdout)
-    assert res["banks"] == ["alfa@1.0.0"] and res["prompts"] == {"normal": 48, "anomalous": 48}
+    assert res["banks"] == ["alfa@2.0.0"] and res["prompts"] == {"normal": 144, "anomalous": 144}
     for state in ("normal", "anomalous"):
         assert len(res[state]) == 3
         sims = [e["similarity"] for e in res[state]]
@@ -90,4 +90,4 @@ def test_explain_with_alfa_reports_contextual_scores(capsys, monkeypatch, image_
     alfa = get_method("alfa")
     pipeline = alfa.pipeline(tiny_backbone, alfa.options({}), "bottle")
     _, _, used = pipeline.adapted_prompts(pipeline.embed([Image.open(img).convert("RGB")]).features.cls)
-    assert res["kept"] == {"normal": int(used[0, :48].sum()), "anomalous": int(used[0, 48:].sum())}
+    assert res["kept"] == {"normal": int(used[0, :144].sum()), "anomalous": int(used[0, 144:].sum())}

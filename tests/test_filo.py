@@ -195,7 +195,7 @@ def test_position_text_is_embedded_once_for_all_nine_regions():
         texts = bank.texts("anomalous", "metal_nut", pos=f"at {pos}")
         assert any(t.endswith(f"at {pos}") for t in texts)
         torch.testing.assert_close(text.h_positions[k], torch.stack([enc.vec(t) for t in texts]).mean(0))
-    assert text.foreground is None and text.banks == ("filo@1.0.0",)
+    assert text.foreground is None and text.banks == ("filo@2.0.0",)
     both = build_filo_text(FadeConfig(positions=True, object_prior=0.7), "metal_nut", CountingEncoder())
     assert both.foreground is not None
 
@@ -475,4 +475,4 @@ def test_prompt_sets_outside_the_position_pass_drop_the_placeholder():
     build_text_classifier([load_bank("filo")], "bottle", enc)
     texts = [t for call in enc.calls for t in call]
     assert texts and not any("{pos}" in t for t in texts)
-    assert "a bottle with a crack in the glass" in texts
+    assert "bottle with a crack in the glass" in texts  # framed: "a photo of a bottle with ..."
