@@ -60,11 +60,11 @@ class MemoryBank:
                 f"reference bank was built with {meta.get('model')} (weights {meta.get('weights_id')}), "
                 f"not {backbone.model_name} (weights {backbone.weights_id})"
             )
+        if meta.get("feature") != feature:  # first: a bank of another kind has other keys too
+            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {feature}")
         missing = sorted(set(scales) - set(self.patches))
         if missing:
             raise MemoryBankError(f"reference bank has no patches at scale(s) {missing} (it has {sorted(self.patches)})")
-        if meta.get("feature") != feature:
-            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {feature}")
 
     def score(self, scale: int, query: torch.Tensor) -> torch.Tensor:
         """(B, N, D) query patches at `scale` -> (B, N) nearest-neighbour distances (k = 1)."""
