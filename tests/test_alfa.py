@@ -291,3 +291,14 @@ def test_alfa_few_shot_settings_are_validated():
     assert not AlfaConfig(vision_multiplier=-1).check() == []
     assert not AlfaConfig(ridge=0).check() == []
     assert AlfaConfig(vision_feature="window", vision_multiplier=0.5, ridge=10).check() == []
+
+
+def test_ridge_sweeps_from_the_aligner_to_no_aligner(tiny_backbone, alfa_images, tmp_path):
+    """λ → ∞ keeps W = I: the pipeline equals --no-aligner; a small λ moves the map."""
+    emb = _pipeline(tiny_backbone, tmp_path).embed(alfa_images)
+    plain = _pipeline(tiny_backbone, tmp_path, aligner=False).score(emb)
+    huge = _pipeline(tiny_backbone, tmp_path, ridge=1e12).score(emb)
+    small = _pipeline(tiny_backbone, tmp_path, ridge=1e-3).score(emb)
+    assert all(torch.allclose(a.map, b.map, atol=1e-6) and a.score == pytest.approx(b.score, abs=1e-6)
+               for a, b in zip(plain, huge))
+    assert any(not torch.allclose(a.map, b.map, atol=1e-4) for a, b in zip(plain, small))
