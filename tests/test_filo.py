@@ -39,7 +39,7 @@ from fade_cli.prompts.text import TextClassifier, TextEncoderCache
 from fade_cli.prompts.banks import load_bank
 
 from conftest import random_image
-from helpers import FAST, rows, run
+from helpers import ALFA, FAST, rows, run
 
 NAMES = [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]]
 
@@ -491,6 +491,7 @@ def _segment(capsys, monkeypatch, image_dir, out, *flags, cache):
     (["--object-prior", "0.7"], "filo[object-prior=0.7]"),
     (["--object-prior", "0"], "filo[object-prior=0]"),
     (["--multi-shape", "--scales", "64,256"], "filo[multi-shape]"),  # kernels > 1×1 from a 16×16 grid on
+    (["--multi-shape", "--multi-shape-grid", "0"], "filo[multi-shape=fixed]"),  # FiLo's kernels on every grid
     (["--smooth", "100"], "filo[smooth=100]"),
     (["--method", "filo", "--smooth", "100"], "filo[object-prior=0.7,multi-shape,smooth=100,fg-matching]"),
     (["--method", "filo", "--positions"], "filo[positions,object-prior=0.7,multi-shape,smooth=4,fg-matching]"),
@@ -543,3 +544,16 @@ def test_prompt_sets_outside_the_position_pass_drop_the_placeholder():
     texts = [t for call in enc.calls for t in call]
     assert texts and not any("{pos}" in t for t in texts)
     assert "bottle with a crack in the glass" in texts  # framed: "a photo of a bottle with ..."
+
+
+def test_filo_score_flag_changes_scores_not_maps(capsys, monkeypatch, image_dir, tmp_path, text_cache):
+    base_rows, base_maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "base", cache=text_cache)
+    new_rows, new_maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "new", "--filo-score", cache=text_cache)
+    assert all(r["method"] == "filo[filo-score]" for r in new_rows)
+    assert all(np.array_equal(a, b) for a, b in zip(base_maps, new_maps))  # nothing suppressed: same map
+    assert any(abs(a["score"] - b["score"]) > 1e-4 for a, b in zip(base_rows, new_rows))
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), *FAST, "--filo-score", "--classification-mode",
+                          "vision", cache=text_cache)
+    assert code == 2 and "classification mode" in stderr
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), *ALFA, "--filo-score", cache=text_cache)
+    assert code == 2 and "--filo-score does not apply to --method alfa" in stderr

@@ -107,14 +107,19 @@ class AlfaConfig:
 
 
 def alfa_config_from_options(cls_prompts: Sequence[str] = (), image_size: int = 240, windows: str = "2,3",
-                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa") -> AlfaConfig:
+                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa",
+                             ridge: float | None = None, vision_feature: str | None = None,
+                             vision_multiplier: float | None = None) -> AlfaConfig:
     """Command-line options -> AlfaConfig (UsageError on bad values)."""
     try:
         sizes = tuple(sorted({int(w) for w in str(windows).split(",") if w.strip()}))
     except ValueError:
         raise UsageError(f"--windows {windows!r}: expected comma-separated integers like 2,3") from None
+    given = {k: v for k, v in (("ridge", ridge), ("vision_feature", vision_feature),
+                               ("vision_multiplier", vision_multiplier)) if v is not None}  # None: ALFA's default
     cfg = AlfaConfig(image_size=image_size, windows=sizes, aligner=not no_aligner,
-                     prompt_filter="none" if no_rtp else prompt_filter, prompts=tuple(cls_prompts) or AlfaConfig.prompts)
+                     prompt_filter="none" if no_rtp else prompt_filter, prompts=tuple(cls_prompts) or AlfaConfig.prompts,
+                     **given)
     errs = cfg.check()
     if errs:
         raise UsageError(errs[0])
@@ -173,6 +178,12 @@ class AlfaPipeline(PipelineBase):
             parts.append(f"filter-{c.prompt_filter}")
         if c.windows != AlfaConfig.windows:
             parts.append("r" + "".join(map(str, c.windows)))
+        if c.aligner and c.ridge != AlfaConfig.ridge:
+            parts.append(f"ridge={c.ridge:g}")
+        if c.vision_feature != AlfaConfig.vision_feature:
+            parts.append(f"{c.vision_feature}-bank")
+        if c.vision_multiplier != AlfaConfig.vision_multiplier:
+            parts.append(f"m={c.vision_multiplier:g}")
         return "+".join(parts)
 
     @property
@@ -267,7 +278,8 @@ class AlfaMethod:
     """The ALFA registry entry."""
 
     name: str = "alfa"
-    flags: frozenset[str] = frozenset({"cls_scale", "cls_prompts", "windows", "no_aligner", "no_rtp", "prompt_filter"})
+    flags: frozenset[str] = frozenset({"cls_scale", "cls_prompts", "windows", "no_aligner", "no_rtp", "prompt_filter",
+                                       "ridge", "vision_feature", "vision_multiplier"})
     scores_whole_batch: bool = False
 
     def options(self, values: Mapping[str, object], map_size: int = 448) -> AlfaConfig:
@@ -277,7 +289,9 @@ class AlfaMethod:
                                         windows=str(values.get("windows", "2,3")),
                                         no_aligner=bool(values.get("no_aligner", False)),
                                         no_rtp=bool(values.get("no_rtp", False)),
-                                        prompt_filter=str(values.get("prompt_filter") or AlfaConfig.prompt_filter))
+                                        prompt_filter=str(values.get("prompt_filter") or AlfaConfig.prompt_filter),
+                                        ridge=values.get("ridge"), vision_feature=values.get("vision_feature"),
+                                        vision_multiplier=values.get("vision_multiplier"))
 
     def pipeline(self, backbone, options: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
                  text_cache: TextEncoderCache | None = None, few_shot: bool | None = None) -> AlfaPipeline:

@@ -298,6 +298,7 @@ def _banks(specs: Sequence[str]) -> list[PromptBank]:
 FADE_FLAGS = frozenset({
     "scales", "cls_scale", "cls_prompts", "seg_prompts", "vision_multiplier", "vision_weight", "vision_feature",
     "segmentation_mode", "classification_mode", "positions", "object_prior", "multi_shape", "smooth", "fg_matching",
+    "filo_score", "multi_shape_grid",
 })
 
 
@@ -327,7 +328,8 @@ class FadeMethod:
             vision_weight=values.get("vision_weight"),
             smooth_size=map_size,
             **resolve_switches(self.filo_preset, *(values.get(k) for k in ("positions", "object_prior", "multi_shape",
-                                                                           "smooth", "fg_matching"))),
+                                                                           "smooth", "fg_matching", "filo_score",
+                                                                           "multi_shape_grid"))),
         )
         problems = config.check()
         if problems:
