@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import reference as ref
 from conftest import random_image
 from fade_cli.methods import aligner, rtp
+from fade_cli.methods import alfa as alfa_method
 from fade_cli.methods.alfa import AlfaConfig, AlfaPipeline, alfa_config_from_options
 from fade_cli.model.backbone import preprocess_batch
 from fade_cli.errors import UsageError
@@ -198,24 +199,6 @@ def test_each_ablation_switch_changes_the_output(tiny_backbone, alfa_images, tmp
     assert all(torch.allclose(a.map, b.map) and a.score == b.score for a, b in zip(base, same))
 
 
-def test_few_shot_adds_the_memory_bank_term(tiny_backbone, alfa_images, tmp_path):
-    from fade_cli.methods.base import build_reference_bank
-
-    zero = _pipeline(tiny_backbone, tmp_path)
-    bank = build_reference_bank(tiny_backbone, [random_image(30), random_image(31)], (240,), "clip")
-    few = zero.few_shot_variant()
-    emb = zero.embed(alfa_images)
-    z, f = zero.score(emb), few.score(emb, bank)
-    for i, (a, b) in enumerate(zip(z, f)):
-        vision = bank.score(240, emb.features.patches[i : i + 1]).view(15, 15)
-        assert torch.allclose(b.map, (0.5 * (a.map + vision)).clamp(0, 1), atol=1e-6)
-    # the reference image itself has (near) zero memory-bank distance everywhere
-    same = few.score(zero.embed([random_image(30)]), bank)[0]
-    assert same.vision_score == pytest.approx(0.0, abs=1e-5)
-    with pytest.raises(Exception, match=r"no patches at scale\(s\) \[240\]"):
-        few.score(emb, build_reference_bank(tiny_backbone, [random_image(30)], (448,), "clip"))
-
-
 def test_alfa_options_are_validated():
     assert alfa_config_from_options(windows="3,2").windows == (2, 3)
     assert alfa_config_from_options(no_rtp=True).prompt_filter == "none"
@@ -223,3 +206,99 @@ def test_alfa_options_are_validated():
     for bad in ({"windows": "a"}, {"windows": "0"}, {"prompt_filter": "x"}):
         with pytest.raises(UsageError):
             alfa_config_from_options(**bad)
+
+
+# ---- few-shot (sec. 4.3): the memory-bank term on S_L's scale, inside eq. 12's max -----------
+def _direct_few_shot_map(language, distance, m):
+    """S̃_L element by element: ½(S_L + m·M), clipped to [0, 1]."""
+    out = torch.empty_like(language)
+    for idx in np.ndindex(*language.shape):
+        out[idx] = min(1.0, max(0.0, 0.5 * (float(language[idx]) + m * float(distance[idx]))))
+    return out
+
+
+@pytest.mark.parametrize("m", [1.0, 3.5, 80.0])
+def test_few_shot_map_is_the_half_sum_on_s_l_scale(m):
+    g = torch.Generator().manual_seed(int(m))
+    language = torch.rand(2, 5, 5, generator=g, dtype=torch.float64)
+    distance = torch.rand(2, 5, 5, generator=g, dtype=torch.float64) * 0.3  # ½(1 − cos) of CLIP patches
+    assert torch.allclose(alfa_method.few_shot_map(language, distance, m), _direct_few_shot_map(language, distance, m))
+    # ranks pixels as the paper's plain sum S_L + m·M does (where nothing is clipped)
+    if m == 1.0:
+        flat = alfa_method.few_shot_map(language, distance, m).flatten()
+        assert torch.equal(flat.argsort(), (language + m * distance).flatten().argsort())
+
+
+def _direct_knn(query, bank):
+    """½(1 − max cos) of each query row against the bank rows, by a Python loop."""
+    return torch.tensor([0.5 * (1.0 - max(float(q @ r) for r in bank)) for q in query])
+
+
+def test_few_shot_adds_the_memory_bank_term(tiny_backbone, alfa_images, tmp_path):
+    from fade_cli.methods.base import build_reference_bank
+
+    zero = _pipeline(tiny_backbone, tmp_path)
+    refs = [random_image(30), random_image(31)]
+    bank = build_reference_bank(tiny_backbone, refs, (240,), "clip")
+    few = zero.few_shot_variant()
+    emb = zero.embed(alfa_images)
+    z, f = zero.score(emb), few.score(emb, bank)
+    for i, (a, b) in enumerate(zip(z, f)):
+        distance = _direct_knn(emb.features.patches[i], bank.patches[240]).view(15, 15)
+        expected = _direct_few_shot_map(a.map.double(), distance.double(), 3.5)
+        assert torch.allclose(b.map.double(), expected, atol=1e-5)
+        assert b.score == pytest.approx(0.5 * (a.language_score + float(expected.max())), abs=1e-5)  # eq. 12
+        assert b.vision_score == pytest.approx(3.5 * float(distance.max()), abs=1e-5)
+    # the reference image itself has (near) zero memory-bank distance everywhere
+    same = few.score(zero.embed([random_image(30)]), bank)[0]
+    assert same.vision_score == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(Exception, match=r"no patches at scale\(s\) \[240\]"):
+        few.score(emb, build_reference_bank(tiny_backbone, [random_image(30)], (448,), "clip"))
+
+
+def test_window_memory_bank(tiny_backbone, alfa_images, tmp_path):
+    """vision_feature="window": the references' window embeddings per size r; a query window's
+    distance to its nearest reference window, to patches and over sizes as S_L (WinCLIP+)."""
+    from fade_cli.methods.base import build_reference_bank
+
+    zero = _pipeline(tiny_backbone, tmp_path, vision_feature="window")
+    layout = zero.bank_layout
+    assert (layout.scales, layout.feature) == ((2, 3), "window@240")
+    refs = [random_image(30), random_image(31)]
+    bank = zero.embed_references(refs)
+    assert sorted(bank.patches) == [2, 3] and bank.meta["feature"] == "window@240"
+    ref_feats = aligner.encode_with_windows(tiny_backbone, preprocess_batch(refs, 240, "cpu"), (2, 3))
+    for r, w in ((2, 14 * 14), (3, 13 * 13)):
+        assert bank.patches[r].shape[0] == 2 * w
+        assert torch.allclose(bank.patches[r], ref_feats.local[r].reshape(2 * w, -1), atol=1e-5)
+    few = zero.few_shot_variant()
+    emb = zero.embed(alfa_images)
+    z, f = zero.score(emb), few.score(emb, bank)
+    for i, (a, b) in enumerate(zip(z, f)):
+        per_size = []
+        for r in (2, 3):
+            win = _direct_knn(emb.features.local[r][i], bank.patches[r])
+            per_size.append(aligner.windows_to_patches(win[None].float(), 15, r)[0])
+        distance = 2.0 / (1.0 / per_size[0].clamp_min(1e-6) + 1.0 / per_size[1].clamp_min(1e-6))
+        assert torch.allclose(b.map.double(), _direct_few_shot_map(a.map.double(), distance.double(), 3.5), atol=1e-5)
+    # a CLIP-patch bank is refused by the window run, naming both kinds
+    with pytest.raises(Exception, match="holds clip patches; this run's vision feature is window@240"):
+        few.score(emb, build_reference_bank(tiny_backbone, refs, (240,), "clip"))
+
+
+def test_alfa_few_shot_settings_are_validated():
+    assert not AlfaConfig(vision_feature="gem").check() == []
+    assert not AlfaConfig(vision_multiplier=-1).check() == []
+    assert not AlfaConfig(ridge=0).check() == []
+    assert AlfaConfig(vision_feature="window", vision_multiplier=0.5, ridge=10).check() == []
+
+
+def test_ridge_sweeps_from_the_aligner_to_no_aligner(tiny_backbone, alfa_images, tmp_path):
+    """λ → ∞ keeps W = I: the pipeline equals --no-aligner; a small λ moves the map."""
+    emb = _pipeline(tiny_backbone, tmp_path).embed(alfa_images)
+    plain = _pipeline(tiny_backbone, tmp_path, aligner=False).score(emb)
+    huge = _pipeline(tiny_backbone, tmp_path, ridge=1e12).score(emb)
+    small = _pipeline(tiny_backbone, tmp_path, ridge=1e-3).score(emb)
+    assert all(torch.allclose(a.map, b.map, atol=1e-6) and a.score == pytest.approx(b.score, abs=1e-6)
+               for a, b in zip(plain, huge))
+    assert any(not torch.allclose(a.map, b.map, atol=1e-4) for a, b in zip(plain, small))

@@ -17,7 +17,7 @@ def test_segment_with_alfa_writes_outputs_and_records_the_method(capsys, monkeyp
     code, stdout, stderr = run(capsys, monkeypatch, "segment", str(image_dir), "--out", str(out), "-q", *ALFA, cache=tmp_path)
     assert code == 1 and "broken.png" in stderr
     got = rows(stdout)
-    assert [r["method"] for r in got] == ["alfa"] * 3 and all(r["banks"] == ["alfa@1.0.0"] for r in got)
+    assert [r["method"] for r in got] == ["alfa"] * 3 and all(r["banks"] == ["alfa@2.0.0"] for r in got)
     for r in got:
         full = np.load(r["outputs"]["map"])
         w, h = Image.open(r["path"]).size
@@ -78,7 +78,7 @@ def test_explain_with_alfa_reports_contextual_scores(capsys, monkeypatch, image_
                                cache=tmp_path)
     assert code == 0, stderr
     res = json.loads(stdout)
-    assert res["banks"] == ["alfa@1.0.0"] and res["prompts"] == {"normal": 48, "anomalous": 48}
+    assert res["banks"] == ["alfa@2.0.0"] and res["prompts"] == {"normal": 144, "anomalous": 144}
     for state in ("normal", "anomalous"):
         assert len(res[state]) == 3
         sims = [e["similarity"] for e in res[state]]
@@ -90,4 +90,42 @@ def test_explain_with_alfa_reports_contextual_scores(capsys, monkeypatch, image_
     alfa = get_method("alfa")
     pipeline = alfa.pipeline(tiny_backbone, alfa.options({}), "bottle")
     _, _, used = pipeline.adapted_prompts(pipeline.embed([Image.open(img).convert("RGB")]).features.cls)
-    assert res["kept"] == {"normal": int(used[0, :48].sum()), "anomalous": int(used[0, 48:].sum())}
+    assert res["kept"] == {"normal": int(used[0, :144].sum()), "anomalous": int(used[0, 144:].sum())}
+
+
+def test_alfa_few_shot_and_aligner_flags(capsys, monkeypatch, image_dir, tmp_path):
+    """--vision-feature window / --vision-multiplier / --ridge reach ALFA's options and its labels;
+    a gem bank is refused for ALFA with one line, exit 2."""
+    paths = sorted(str(p) for p in image_dir.glob("*.png"))
+    ref = tmp_path / "refs" / "good.png"
+    ref.parent.mkdir()
+    random_image(42).save(ref)
+    got = {}
+    for name, extra in {"clip": [], "window": ["--vision-feature", "window"], "m1": ["--vision-multiplier", "1"],
+                        "ridge": ["--ridge", "1000"]}.items():
+        code, stdout, stderr = run(capsys, monkeypatch, "detect", *paths, "-q", *ALFA, "--refs", str(ref), *extra,
+                                   cache=tmp_path)
+        assert code == 0, stderr
+        got[name] = rows(stdout)
+    assert got["window"][0]["method"] == "alfa+window-bank" and got["m1"][0]["method"] == "alfa+m=1"
+    assert got["ridge"][0]["method"] == "alfa+ridge=1000"
+    for name in ("window", "m1", "ridge"):
+        assert any(abs(a["score"] - b["score"]) > 1e-6 for a, b in zip(got["clip"], got[name])), name
+    code, _, stderr = run(capsys, monkeypatch, "detect", *paths, "-q", *ALFA, "--refs", str(ref), "--vision-feature", "gem",
+                          cache=tmp_path)
+    assert code == 2 and stderr.strip().count("\n") == 0 and "--vision-feature gem" in stderr
+    code, _, stderr = run(capsys, monkeypatch, "detect", *paths, "-q", *ALFA, "--ridge", "0", cache=tmp_path)
+    assert code == 2 and "--ridge" in stderr
+
+
+def test_alfa_window_bank_in_eval(capsys, monkeypatch, tmp_path):
+    """fade eval with the window bank: references embedded per image and joined, one run per seed."""
+    from fade_cli.data.demo_data import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path / "demo", classes=("tiles",), n_train=2, n_good=1, n_bad=1, size=64)
+    code, stdout, stderr = run(capsys, monkeypatch, "eval", str(root), "--dataset", "mvtec", "--shots", "1", "--seeds", "1",
+                               "--out", str(tmp_path / "ev"), "-q", *ALFA[:-2], "--vision-feature", "window",
+                               cache=tmp_path)
+    assert code == 0, stderr
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["settings"]["config"]["vision_feature"] == "window"

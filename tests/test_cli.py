@@ -171,6 +171,7 @@ def test_prompts_commands(capsys, monkeypatch, tmp_path):
     code, stdout, _ = run(capsys, monkeypatch, "prompts", "list", "--json")
     listed = {r["name"]: r for r in rows(stdout)}
     assert code == 0 and (listed["winclip"]["normal"], listed["winclip"]["anomalous"]) == (154, 88)
+    assert (listed["alfa"]["version"], listed["alfa@1.0.0"]["version"]) == ("2.0.0", "1.0.0")  # older versions load by name
     code, stdout, _ = run(capsys, monkeypatch, "prompts", "show", "winclip", "--class", "metal_nut", "--state", "normal")
     lines = stdout.splitlines()
     assert code == 0 and len(lines) == 154 and lines[1] == "normal\ta cropped photo of the flawless metal nut"

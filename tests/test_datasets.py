@@ -221,7 +221,7 @@ VISA_ROWS = [
 def test_read_visa(tmp_path):
     root = make_visa(tmp_path / "visa", VISA_ROWS)
     split = read_visa(root, "candle")
-    assert [s.image.name for s in split.train] == ["0001.JPG", "0002.JPG"]  # sorted, not CSV order
+    assert [s.image.name for s in split.train] == ["0002.JPG", "0001.JPG"]  # 1cls.csv row order, as the official code
     assert [(s.label, s.defect) for s in split.test] == [(1, "anomaly"), (0, "good")]
     assert split.test[0].mask == root / "candle/Data/Masks/Anomaly/0000.png"
     assert split.test[1].mask is None
@@ -336,8 +336,8 @@ def test_sample_references_deterministic_seeded_and_rng_neutral():
     assert picks[0] != picks[1]
     for p in picks.values():
         assert len(set(p)) == 4 and all(s in train for s in p)
-    # The pool is sorted by path first: input order does not matter.
-    assert sample_references(list(reversed(train)), 4, 0) == picks[0]
+    # The pool's order is the reader's (VisA: split-file rows), so another order picks others.
+    assert sample_references(list(reversed(train)), 4, 0) != picks[0]
     # A prefix property: fewer shots are the first picks of more shots.
     assert sample_references(train, 2, 3) == sample_references(train, 6, 3)[:2]
     assert sample_references(train, 0, 0) == []
@@ -349,3 +349,24 @@ def test_sample_references_too_many_shots():
         sample_references(pool(3), 5, 0)
     with pytest.raises(DatasetError, match="shots must be >= 0"):
         sample_references(pool(3), -1, 0)
+
+
+def test_visa_references_follow_the_split_file_order(tmp_path):
+    """The official code's k-shot choice on VisA: torch.manual_seed(S), a shuffling DataLoader over
+    the class's normal train rows in 1cls.csv order, the first k items."""
+    import torch
+
+    names = [f"{i:04d}.JPG" for i in (7, 3, 9, 1, 5, 8, 2, 6)]  # deliberately not sorted
+    rows = [f"candle,train,normal,candle/Data/Images/Normal/{n}," for n in names]
+    rows.append("candle,test,anomaly,candle/Data/Images/Anomaly/0000.JPG,candle/Data/Masks/Anomaly/0000.png")
+    root = make_visa(tmp_path / "visa", rows)
+    train = read_visa(root, "candle").train
+    assert [s.image.name for s in train] == names
+    for seed in (0, 1, 42):
+        torch.manual_seed(seed)  # the official loop: a shuffling DataLoader over the rows' images
+        loader = torch.utils.data.DataLoader(names, batch_size=1, shuffle=True)
+        expected = [batch[0] for batch, _ in zip(loader, range(3))]
+        assert [s.image.name for s in sample_references(train, 3, seed)] == expected
+    # a different seed picks differently somewhere (the test can fail if the order were ignored)
+    picks = {tuple(s.image.name for s in sample_references(train, 3, seed)) for seed in range(5)}
+    assert len(picks) > 1

@@ -17,6 +17,7 @@ from fade_cli.methods.fade import FadeConfig
 from fade_cli.methods.filo import (
     FILO_PRESET,
     MULTI_SHAPE_KERNELS,
+    grid_kernels,
     POSITIONS,
     build_filo_text,
     gaussian_smooth,
@@ -38,7 +39,7 @@ from fade_cli.prompts.text import TextClassifier, TextEncoderCache
 from fade_cli.prompts.banks import load_bank
 
 from conftest import random_image
-from helpers import FAST, rows, run
+from helpers import ALFA, FAST, rows, run
 
 NAMES = [["top left", "top", "top right"], ["left", "center", "right"], ["bottom left", "bottom", "bottom right"]]
 
@@ -195,7 +196,7 @@ def test_position_text_is_embedded_once_for_all_nine_regions():
         texts = bank.texts("anomalous", "metal_nut", pos=f"at {pos}")
         assert any(t.endswith(f"at {pos}") for t in texts)
         torch.testing.assert_close(text.h_positions[k], torch.stack([enc.vec(t) for t in texts]).mean(0))
-    assert text.foreground is None and text.banks == ("filo@1.0.0",)
+    assert text.foreground is None and text.banks == ("filo@2.0.0",)
     both = build_filo_text(FadeConfig(positions=True, object_prior=0.7), "metal_nut", CountingEncoder())
     assert both.foreground is not None
 
@@ -225,7 +226,38 @@ def test_multi_shape_map_is_the_mean_of_per_kernel_language_maps():
     expected = torch.stack([
         torch.stack([direct_prob(f, text.h_normal, text.h_anomalous) for f in direct_aggregate(patches, *k).reshape(-1, 5)])
         .reshape(2, 6, 6) for k in MULTI_SHAPE_KERNELS]).mean(0)
+    torch.testing.assert_close(multi_shape_map(patches, text, reference_grid=0), expected)  # kernels as FiLo's
+    # default: kernels scaled to the grid; on FiLo's own 37×37 grid that is FiLo's six
+    scaled = [k for k in grid_kernels(6)]
+    expected = torch.stack([
+        torch.stack([direct_prob(f, text.h_normal, text.h_anomalous) for f in direct_aggregate(patches, *k).reshape(-1, 5)])
+        .reshape(2, 6, 6) for k in scaled]).mean(0)
     torch.testing.assert_close(multi_shape_map(patches, text), expected)
+
+
+def _direct_kernels(grid):
+    return list(dict.fromkeys((_direct_side(h, grid), _direct_side(w, grid)) for h, w in MULTI_SHAPE_KERNELS))
+
+
+def _direct_side(k, grid, reference=37):
+    """The odd window side nearest to k·grid/reference (at least 1), by search."""
+    target = max(1.0, k * grid / reference)
+    return min(range(1, 2 * grid + 2, 2), key=lambda n: (abs(n - target), n))
+
+
+@pytest.mark.parametrize("grid", [15, 28, 37, 56])
+def test_multi_shape_kernels_keep_their_share_of_the_grid(grid):
+    """FiLo's MMCI kernels (1, 3, 5, 7, 1×5, 5×1 on a 37×37 grid) scaled to our grids."""
+    got = grid_kernels(grid)
+    expected = list(dict.fromkeys((_direct_side(h, grid), _direct_side(w, grid)) for h, w in MULTI_SHAPE_KERNELS))
+    assert list(got) == expected
+    if grid == 37:
+        assert got == MULTI_SHAPE_KERNELS
+    for (h, w), (h0, w0) in zip([(_direct_side(a, grid), _direct_side(b, grid)) for a, b in MULTI_SHAPE_KERNELS],
+                                MULTI_SHAPE_KERNELS):
+        assert abs(h / grid - h0 / 37) <= 1 / grid + 1e-9 and abs(w / grid - w0 / 37) <= 1 / grid + 1e-9
+    assert max(max(k) for k in got) / grid <= 7 / 37 + 1.0 / grid  # a 7×7 no longer covers half of a 15×15 grid
+    assert grid_kernels(grid, reference_grid=0) == MULTI_SHAPE_KERNELS
 
 
 def test_multi_shape_with_only_the_1x1_kernel_is_the_plain_path():
@@ -344,24 +376,56 @@ def test_pipeline_object_prior(tiny_backbone, tmp_path):
 
 
 def test_pipeline_foreground_matching_restricts_few_shot_vision(tiny_backbone, tmp_path):
+    """FiLo++ eqs. 5–7: the few-shot map × (λ + (1 − λ)·F) once (λ = 0.7 without the object
+    prior), after the image score (which keeps FADE's ½(AC + max(m·vision)) on the unsuppressed map)."""
     cache = TextEncoderCache(tiny_backbone, tmp_path)
     images = [random_image(1), random_image(2)]
-    cfg = FadeConfig(**SMALL, fg_matching=True)
     bank = build_reference_bank(tiny_backbone, [random_image(30)], (32, 64), "clip")
-    pipe = FadePipeline.from_config(tiny_backbone, cfg, "bottle", bank, cache)
-    emb = pipe.embed(images)
-    fg = _fg(pipe, emb)
-    lang, m = _maps(pipe, emb)
-    vision = fuse_scales([to_grid(bank.score(s, emb[s].clip)) for s in pipe.config.seg_scales]) * m * fg
-    ac = language_score(emb[32].cls, pipe.cls_text)
-    w = pipe.config.vision_weight
-    for b, res in enumerate(pipe.score(emb)):
-        torch.testing.assert_close(res.map, ((1 - w) * lang[b] + w * vision[b]).clamp(0, 1), atol=1e-5, rtol=0)
-        assert res.score == pytest.approx(float((0.5 * (ac[b] + vision[b].max())).clamp(0, 1)), abs=1e-5)
+    for extra, lam in (({}, 0.7), ({"object_prior": 0.4}, 0.4)):
+        cfg = FadeConfig(**SMALL, fg_matching=True, **extra)
+        pipe = FadePipeline.from_config(tiny_backbone, cfg, "bottle", bank, cache)
+        emb = pipe.embed(images)
+        fg = _fg(pipe, emb)
+        lang, m = _maps(pipe, emb)
+        vision = fuse_scales([to_grid(bank.score(s, emb[s].clip)) for s in pipe.config.seg_scales]) * m
+        ac = language_score(emb[32].cls, pipe.cls_text)
+        w = pipe.config.vision_weight
+        lang_out = lang * (lam + (1 - lam) * fg) if "object_prior" in extra else lang
+        for b, res in enumerate(pipe.score(emb)):
+            suppressed = vision[b] * (lam + (1 - lam) * fg[b])  # once, even with the object prior on
+            torch.testing.assert_close(res.map, ((1 - w) * lang_out[b] + w * suppressed).clamp(0, 1), atol=1e-5, rtol=0)
+            assert res.score == pytest.approx(float((0.5 * (ac[b] + vision[b].max())).clamp(0, 1)), abs=1e-5)
     # zero-shot there is no reference bank to restrict: the map is FADE's
+    cfg = FadeConfig(**SMALL, fg_matching=True)
     zero = FadePipeline.from_config(tiny_backbone, cfg, "bottle", None, cache)(images)
     plain = FadePipeline.from_config(tiny_backbone, FadeConfig(**SMALL), "bottle", None, cache)(images)
     assert all(torch.equal(a.map, b.map) for a, b in zip(zero, plain))
+
+
+def test_filo_image_score_is_half_text_plus_max_map_before_suppression(tiny_backbone, tmp_path):
+    """FiLo's score (official code): ½(text probability + max of the map), the object prior
+    applied to the map afterwards."""
+    cache = TextEncoderCache(tiny_backbone, tmp_path)
+    images = [random_image(1), random_image(2)]
+    bank = build_reference_bank(tiny_backbone, [random_image(30)], (32, 64), "clip")
+    for refs in (None, bank):
+        cfg = FadeConfig(**SMALL, filo_score=True, object_prior=0.5)
+        pipe = FadePipeline.from_config(tiny_backbone, cfg.resolved(refs is not None), "bottle", refs, cache)
+        emb = pipe.embed(images)
+        fg = _fg(pipe, emb)
+        lang, m = _maps(pipe, emb)
+        if refs is None:
+            vision = fuse_scales([to_grid(self_knn_distance(emb[s].gem, 2)) for s in pipe.config.seg_scales]) * m
+        else:
+            vision = fuse_scales([to_grid(bank.score(s, emb[s].clip)) for s in pipe.config.seg_scales]) * m
+        ac = language_score(emb[32].cls, pipe.cls_text)
+        w = pipe.config.vision_weight
+        for b, res in enumerate(pipe.score(emb)):
+            before = ((1 - w) * lang[b] + w * vision[b]).clamp(0, 1)
+            assert res.score == pytest.approx(float(0.5 * (ac[b] + before.max())), abs=1e-5)
+            torch.testing.assert_close(res.map, (before * (0.5 + 0.5 * fg[b])).clamp(0, 1), atol=1e-5, rtol=0)
+    assert method_label(FadeConfig(filo_score=True)) == "filo[filo-score]"
+    assert any("language" in e for e in FadeConfig(filo_score=True, classification="vision").check())
 
 
 def test_pipeline_multi_shape_and_smoothing(tiny_backbone, tmp_path):
@@ -373,16 +437,20 @@ def test_pipeline_multi_shape_and_smoothing(tiny_backbone, tmp_path):
     text = pipe.seg_text
     lang = fuse_scales([torch.stack([
         torch.stack([direct_prob(f, text.h_normal, text.h_anomalous) for f in direct_aggregate(emb[s].gem.double(), *k)[0]])
-        .reshape(1, s // 16, s // 16) for k in MULTI_SHAPE_KERNELS]).mean(0) for s in (64, 128)])
+        .reshape(1, s // 16, s // 16) for k in _direct_kernels(s // 16)]).mean(0) for s in (64, 128)])
     sigma = 60.0 * 8 / 448
     expected = np.clip(direct_gaussian(lang[0].numpy(), sigma), 0, 1)
     np.testing.assert_allclose(pipe.score(emb)[0].map.numpy(), expected, atol=1e-5)
 
 
 def test_switches_from_options():
-    off = {"positions": False, "object_prior": None, "multi_shape": False, "smooth_sigma": 0.0, "fg_matching": False}
+    off = {"positions": False, "object_prior": None, "multi_shape": False, "smooth_sigma": 0.0, "fg_matching": False,
+           "filo_score": False, "multi_shape_grid": 37}
     assert resolve_switches(False) == off
-    assert resolve_switches(True) == {**FILO_PRESET, "smooth_sigma": float(FILO_PRESET["smooth_sigma"])}
+    assert resolve_switches(True) == {**FILO_PRESET, "smooth_sigma": float(FILO_PRESET["smooth_sigma"]),
+                                        "multi_shape_grid": 37}
+    assert resolve_switches(True, multi_shape_grid=0, filo_score=True)["multi_shape_grid"] == 0
+    assert resolve_switches(False, filo_score=True)["filo_score"] is True
     assert resolve_switches(False, object_prior=0.5)["object_prior"] == 0.5
     assert resolve_switches(True, object_prior=0.2)["object_prior"] == 0.2
     assert resolve_switches(True, object_prior=1.0)["object_prior"] is None  # λ = 1 is off
@@ -422,7 +490,8 @@ def _segment(capsys, monkeypatch, image_dir, out, *flags, cache):
     (["--positions"], "filo[positions]"),
     (["--object-prior", "0.7"], "filo[object-prior=0.7]"),
     (["--object-prior", "0"], "filo[object-prior=0]"),
-    (["--multi-shape"], "filo[multi-shape]"),
+    (["--multi-shape", "--scales", "64,256"], "filo[multi-shape]"),  # kernels > 1×1 from a 16×16 grid on
+    (["--multi-shape", "--multi-shape-grid", "0"], "filo[multi-shape=fixed]"),  # FiLo's kernels on every grid
     (["--smooth", "100"], "filo[smooth=100]"),
     (["--method", "filo", "--smooth", "100"], "filo[object-prior=0.7,multi-shape,smooth=100,fg-matching]"),
     (["--method", "filo", "--positions"], "filo[positions,object-prior=0.7,multi-shape,smooth=4,fg-matching]"),
@@ -449,17 +518,16 @@ def test_switches_that_are_off_leave_fade_unchanged(capsys, monkeypatch, image_d
         assert all(r["method"] == "fade" for r in new_rows)
 
 
-def test_fg_matching_changes_few_shot_scores(capsys, monkeypatch, image_dir, tmp_path, text_cache):
+def test_fg_matching_changes_few_shot_maps_after_the_score(capsys, monkeypatch, image_dir, tmp_path, text_cache):
     refs = tmp_path / "good"
     refs.mkdir()
     random_image(20).save(refs / "0.png")
-    args = ["detect", str(image_dir), "--refs", str(refs), *FAST, "-q"]
-    _, plain, _ = run(capsys, monkeypatch, *args, cache=text_cache)
-    code, restricted, stderr = run(capsys, monkeypatch, *args, "--fg-matching", cache=text_cache)
-    assert code == 0, stderr
-    a, b = rows(plain), rows(restricted)
-    assert [r["method"] for r in b] == ["filo[fg-matching]"] * 3
-    assert any(abs(x["score"] - y["score"]) > 1e-4 for x, y in zip(a, b))
+    plain, plain_maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "a", "--refs", str(refs), cache=text_cache)
+    restricted, maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "b", "--refs", str(refs), "--fg-matching",
+                                cache=text_cache)
+    assert [r["method"] for r in restricted] == ["filo[fg-matching]"] * 3
+    assert [r["score"] for r in restricted] == [r["score"] for r in plain]  # suppressed after the image score
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain_maps, maps)) > 1e-4
 
 
 def test_filo_switches_are_refused_with_alfa(capsys, monkeypatch, image_dir, tmp_path):
@@ -475,4 +543,17 @@ def test_prompt_sets_outside_the_position_pass_drop_the_placeholder():
     build_text_classifier([load_bank("filo")], "bottle", enc)
     texts = [t for call in enc.calls for t in call]
     assert texts and not any("{pos}" in t for t in texts)
-    assert "a bottle with a crack in the glass" in texts
+    assert "bottle with a crack in the glass" in texts  # framed: "a photo of a bottle with ..."
+
+
+def test_filo_score_flag_changes_scores_not_maps(capsys, monkeypatch, image_dir, tmp_path, text_cache):
+    base_rows, base_maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "base", cache=text_cache)
+    new_rows, new_maps = _segment(capsys, monkeypatch, image_dir, tmp_path / "new", "--filo-score", cache=text_cache)
+    assert all(r["method"] == "filo[filo-score]" for r in new_rows)
+    assert all(np.array_equal(a, b) for a, b in zip(base_maps, new_maps))  # nothing suppressed: same map
+    assert any(abs(a["score"] - b["score"]) > 1e-4 for a, b in zip(base_rows, new_rows))
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), *FAST, "--filo-score", "--classification-mode",
+                          "vision", cache=text_cache)
+    assert code == 2 and "classification mode" in stderr
+    code, _, stderr = run(capsys, monkeypatch, "detect", str(image_dir), *ALFA, "--filo-score", cache=text_cache)
+    assert code == 2 and "--filo-score does not apply to --method alfa" in stderr

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+
 from fade_cli.errors import FadeError
+from fade_cli.prompts import alfa_recipe
 from fade_cli.prompts.generate import GenerationError, LLMClient, clean_item, generate_bank, parse_items, write_bank
 from fade_cli.prompts.banks import load_bank, validate_bank
 
@@ -172,14 +174,22 @@ def test_generated_bank_validates_and_records_every_instruction(stub, tmp_path):
         assert texts and not any(CLASS_WORD.search(t) for t in texts), texts
         keys = [t.lower() for t in texts]
         assert len(keys) == len(set(keys))
-    assert "A {domain} image of a normal {class} with a smooth round rim" in section["normal"]
-    assert "A {domain} image of a normal {class} with a {class} cap" in section["normal"]  # any case replaced
-    assert "A {domain} image of an abnormal {class} with a scratch on the side" in section["anomalous"]  # no "with with"
+    # ALFA's shape (Table 3): the 72 template prompts, each detail with 4 state words, then the sentences
+    for state in ("normal", "anomalous"):
+        assert section[state][:72] == alfa_recipe.template_prompts(state)
+    assert section["normal"][72:76] == [f"A {{domain}} image of {w} {{class}} with a smooth round rim."
+                                        for w in ("a normal", "a flawless", "a perfect", "an intact")]
+    assert "A {domain} image of a good {class} with a {class} cap." in section["normal"]  # any case replaced
+    assert "A {domain} image of an abnormal {class} with a chipped rim." in section["anomalous"]
+    assert "A {domain} image of a flawed {class} with a scratch on the side." in section["anomalous"]  # no "with with"
+    assert len([t for t in section["normal"] if " with " in t and t.startswith("A {domain}")]) == 3 * 4
     assert "An abnormal image of {class} has dirt on the {class}s" in section["anomalous"]
     assert "A normal image of {class} is clean and intact" in section["normal"]
-    assert "a photo of a {class} with crack in the glass" in section["anomalous"]
-    assert "a photo of a {class} with contamination inside the {class}" in section["anomalous"]
-    assert sum(t.lower() == "a photo of a {class} with crack in the glass" for t in section["anomalous"]) == 1
+    # FiLo's anomaly types complete the text frame "a photo of a {prompt}." (no frame of their own)
+    assert "{class} with crack in the glass" in section["anomalous"]
+    assert "{class} with contamination inside the {class}" in section["anomalous"]
+    assert sum(t.lower() == "{class} with crack in the glass" for t in section["anomalous"]) == 1
+    assert not any(t.lower().startswith("a photo of") for t in section["anomalous"])
 
     prompts = bank["prompts"]
     # object-agnostic: texts naming the class dropped, duplicates (any case) once, empty/overlong dropped
@@ -199,18 +209,19 @@ def test_generated_bank_validates_and_records_every_instruction(stub, tmp_path):
     loaded = load_bank(str(path))
     assert loaded.label == "bottle-llm@1.0.0"
     normal = loaded.texts("normal", "bottle")
-    assert "A industrial image of a normal bottle with a smooth round rim" in normal
+    assert "A industrial image of a normal bottle with a smooth round rim." in normal
+    assert "An industrial image of a flawless bottle." in normal
     assert "intact object with a smooth surface" in normal
 
 
 def test_class_with_underscore_and_spaces_in_answers(stub):
     stub.cls = "metal nut"
-    bank = generate_bank(client(stub), "metal_nut", per_state=10, date="2024-01-02")
+    bank = generate_bank(client(stub), "metal_nut", per_state=12, date="2024-01-02")
     assert bank["name"] == "metal_nut-llm" and "metal_nut" in bank["classes"]
     assert any("abnormal metal nut in an image?" in i for i in bank["generation"]["instructions"])
     section = bank["classes"]["metal_nut"]
     assert "An abnormal image of {class} shows a crack" in section["anomalous"]
-    assert "A {domain} image of a normal {class} with a {class} cap" in section["normal"]
+    assert "A {domain} image of a good {class} with a {class} cap." in section["normal"]
     for t in section["normal"] + section["anomalous"] + bank["prompts"]["normal"] + bank["prompts"]["anomalous"]:
         assert not re.search(r"metal[ _-]?nut", t, re.I), t
 
@@ -221,9 +232,11 @@ def test_custom_name_and_default_date(stub):
     bank = generate_bank(client(stub), "Bottle", name="my-bank.v2", per_state=5)
     assert bank["name"] == "my-bank.v2" and "Bottle" in bank["classes"]
     assert bank["generation"]["date"] == datetime.date.today().isoformat()
-    # per_state caps each answer
-    assert len(bank["classes"]["Bottle"]["anomalous"]) <= 3 * 5
-    assert all("5" in i for i in bank["generation"]["instructions"])
+    # per_state caps each answer; ALFA's detail phrases are asked per_state / 4 at a time
+    assert len(bank["classes"]["Bottle"]["anomalous"]) <= 72 + 4 * 1 + 2 * 5
+    details = [i for i in bank["generation"]["instructions"] if i.startswith("List 1 short phrases")]
+    assert len(details) == 2
+    assert all("5" in i for i in bank["generation"]["instructions"] if i not in details)
 
 
 @pytest.mark.parametrize("fmt", ["fenced", "numbered", "object", "bullets"])

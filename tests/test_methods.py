@@ -113,5 +113,5 @@ def test_explain_reports_the_pipelines_fallback_when_the_filter_keeps_nothing(ca
     assert code == 0, stderr
     res = json.loads(stdout)
     # the filter kept nothing; scoring then uses every prompt of each state, and explain says so
-    assert res["kept"] == res["prompts"] == {"normal": 48, "anomalous": 48}
+    assert res["kept"] == res["prompts"] == {"normal": 144, "anomalous": 144}  # the alfa bank, per label
     assert all(e["kept"] for state in ("normal", "anomalous") for e in res[state])

@@ -67,7 +67,10 @@ def pipeline(backbone, case: str, cache_dir):
     method, shots = case.split("-")
     cache = TextEncoderCache(backbone, cache_dir)
     if method == "alfa":
-        return AlfaPipeline.from_config(backbone, AlfaConfig(), "bottle", None, cache)
+        # alfa@1.0.0: with random weights the 2.0.0 bank's maps sit on the steep part of the
+        # τ = 0.01 softmax, where bf16's ~1e-2 cosine error flips whole windows (max |Δ map| 0.997,
+        # measured); this test is about the arithmetic, so it keeps the bank whose maps do not
+        return AlfaPipeline.from_config(backbone, AlfaConfig(prompts=("alfa@1.0.0",)), "bottle", None, cache)
     config = FadeConfig(**SMALL)
     if method == "filo":
         config = dataclasses.replace(config, **resolve_switches(True))  # the `--method filo` preset

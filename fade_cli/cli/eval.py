@@ -13,10 +13,10 @@ from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
     LanguageWeightOpt, LayersOpt, LowestFractionOpt, MuscScaleOpt, RscinWindowsOpt, RValuesOpt, SubsetSizeOpt,
-    BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt, MultOpt,
-    MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
-    PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log,
-    progress_bar, scorer_spec, split_list,
+    BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, FiloScoreOpt, MethodOpt, ModelOpt,
+    MultOpt, MultiShapeGridOpt, MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt,
+    PretrainedOpt, PromptFilterOpt, QuietOpt, RidgeOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt,
+    WindowsOpt, log, progress_bar, scorer_spec, split_list,
 )
 
 
@@ -50,10 +50,12 @@ def eval_command(
     windows: WindowsOpt = "2,3",
     no_aligner: NoAlignerOpt = False,
     no_rtp: NoRtpOpt = False,
+    ridge: RidgeOpt = None,
     prompt_filter: PromptFilterOpt = None,
     positions: PositionsOpt = None,
     object_prior: ObjectPriorOpt = None,
     multi_shape: MultiShapeOpt = None,
+    multi_shape_grid: MultiShapeGridOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
     musc_scale: MuscScaleOpt = 512,
@@ -63,6 +65,7 @@ def eval_command(
     rscin_windows: RscinWindowsOpt = "1,2,3",
     language_weight: LanguageWeightOpt = 0.0,
     subset_size: SubsetSizeOpt = 200,
+    filo_score: FiloScoreOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,

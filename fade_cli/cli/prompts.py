@@ -36,7 +36,8 @@ def prompts_list(as_json: Annotated[bool, typer.Option("--json", help="JSON line
     for name in sorted(shipped_banks()):
         b = load_bank(name)
         classes = sorted(b.data.get("classes", {}))
-        rows.append({"name": b.name, "version": b.version, "normal": len(b.texts("normal", "object")),
+        # the name it loads by: "alfa@1.0.0" for a shipped older version
+        rows.append({"name": name, "version": b.version, "normal": len(b.texts("normal", "object")),
                      "anomalous": len(b.texts("anomalous", "object")), "classes": len(classes),
                      "method": b.data["generation"].get("method"), "description": b.data["description"]})
     if as_json:

@@ -50,7 +50,11 @@ class Sample:
 
 @dataclass
 class ClassSplit:
-    """A class's good reference pool (train) and its test images, both sorted by path."""
+    """A class's good reference pool (train) and its test images.
+
+    Test images are sorted by path. The train pool is in the order the official FADE code draws
+    k-shot references from: sorted by path (MVTec, folders: its sorted glob), the split file's
+    row order for VisA (it reads 1cls.csv as is)."""
 
     class_name: str
     train: list[Sample]
@@ -163,7 +167,8 @@ def read_visa(root: Path, class_name: str, split_csv: Path | None = None) -> Cla
 
     Columns object,split,label,image,mask; label normal/anomaly; paths relative to root;
     mask empty for normal rows. Anomalous train rows (2-class split files) are not references
-    and are skipped. VisA has no defect types: anomalous samples get defect "anomaly".
+    and are skipped. VisA has no defect types: anomalous samples get defect "anomaly". The train
+    pool keeps the file's row order, from which the official code picks k-shot references.
     """
     root = _require_dir(root, "dataset")
     csv_path = _visa_csv_path(root, split_csv)
@@ -202,7 +207,7 @@ def read_visa(root: Path, class_name: str, split_csv: Path | None = None) -> Cla
         raise DatasetError(f"{csv_path}: no normal train images for class {class_name!r}")
     if not test:
         raise DatasetError(f"{csv_path}: no test images for class {class_name!r}")
-    return ClassSplit(class_name, _by_path(train), _by_path(test))
+    return ClassSplit(class_name, train, _by_path(test))
 
 
 # --------------------------------------------------------------------------- plain folder
@@ -305,7 +310,7 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
 
 
 def sample_reference_indices(n: int, k: int, seed: int) -> list[int]:
-    """The official FADE choice of k references among n path-sorted train images for a seed.
+    """The official FADE choice of k references among n train images (in their order) for a seed.
 
     The official code calls torch.manual_seed(seed) and takes the first k items a shuffling
     DataLoader yields; we run exactly that, inside fork_rng so the caller's RNG is untouched.
@@ -323,7 +328,8 @@ def sample_reference_indices(n: int, k: int, seed: int) -> list[int]:
 def sample_references(train: list[Sample], shots: int, seed: int) -> list[Sample]:
     """The k-shot references the official FADE code picks for this seed.
 
-    Train images sorted by path; torch.manual_seed(seed); the first `shots` items a
+    Train images in the given order, the reader's (sorted by path; VisA: split-file rows);
+    torch.manual_seed(seed); the first `shots` items a
     DataLoader(batch_size=1, shuffle=True) yields (see sample_reference_indices, which
     runs exactly that inside fork_rng, leaving the caller's RNG state untouched).
     """
@@ -333,5 +339,4 @@ def sample_references(train: list[Sample], shots: int, seed: int) -> list[Sample
         raise DatasetError(f"cannot take {shots} reference images: only {len(train)} good training images")
     if shots == 0:
         return []
-    ordered = _by_path(train)
-    return [ordered[i] for i in sample_reference_indices(len(ordered), shots, seed)]
+    return [train[i] for i in sample_reference_indices(len(train), shots, seed)]

@@ -9,9 +9,10 @@ docs/methods.md):
   3. S_G = anomalous mass of softmax(<f(x), [h+, h−]>/τ) (eq. 10).
   4. Per window size r: S_L per window against the projected prompts (eq. 11), to patches by
      harmonic mean; sizes fused by harmonic mean → the map (patch grid, values in [0, 1]).
-  5. Few-shot: the map becomes ½(S_L + M) with M the references' nearest-neighbour patch
-     distance (CLIP patches at 240 px): the paper adds the memory-bank term; halving keeps
-     maps in [0, 1] and ranks pixels the same as the sum.
+  5. Few-shot (sec. 4.3: the memory-bank distances improve S_L before eq. 12's max): the map
+     becomes S̃_L = clip(½(S_L + m·M), 0, 1), M the nearest-reference distance ½(1 − cos) of
+     CLIP patches at 240 px (or of the window embeddings, `vision_feature="window"`), m = 3.5
+     (FADE's few-shot calibration of such distances, ≈0–0.3, onto S_L's 0–1 scale).
   6. Score = ½(S_G + max of the map) (eq. 12).
 """
 
@@ -28,11 +29,41 @@ from ..model.backbone import preprocess_batch
 from ..prompts.banks import load_bank
 from ..prompts.text import TextEncoderCache
 from . import aligner as fga
-from .base import BankLayout, PipelineBase, PromptSet, Result, bank_for_scoring, split_list, to_results
+from .base import (BankLayout, PipelineBase, PromptSet, Result, bank_for_scoring, reference_bank_info, split_list,
+                   to_results)
 from .memory import MemoryBank
 from .rtp import FILTERS, adapted_text, contextual_scores
 
 ALFA_FRAME = "{prompt}"  # ALFA prompts are whole sentences ("A ... image of a ... {class} with ...")
+VISION_FEATURES = ("clip", "window")
+FEW_SHOT_MULTIPLIER = 3.5  # FADE's few-shot m for nearest-reference CLIP patch distances
+
+
+def few_shot_map(language: torch.Tensor, distance: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """S̃_L (sec. 4.3): the local map with the memory-bank term on its scale, clip(½(S_L + m·M), 0, 1).
+
+    The paper adds the distances "on top of S_L"; averaging the two terms keeps the map in
+    [0, 1] (as S_G is) and ranks pixels as their sum does."""
+    return (0.5 * (language + multiplier * distance)).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class WindowBankLayout(BankLayout):
+    """ALFA's window-embedding bank (WinCLIP+'s window-level memory): the references' f_I,ij at
+    `image_size`, keyed by window size r (`scales` holds the sizes)."""
+
+    image_size: int = 240
+
+    def embed(self, backbone, images: Sequence[Image.Image], meta: dict | None = None) -> MemoryBank:
+        if not images:
+            raise UsageError("no reference images")
+        parts: dict[int, list[torch.Tensor]] = {r: [] for r in self.scales}
+        for img in images:  # one at a time: memory stays flat in the number of references
+            pixels = preprocess_batch([img], self.image_size, backbone.device)
+            for r, entries in fga.window_bank_entries(backbone, pixels, tuple(self.scales)).items():
+                parts[r].append(entries)
+        return MemoryBank(patches={r: torch.cat(v) for r, v in parts.items()},
+                          meta={**reference_bank_info(backbone, self.feature, len(images)), **(meta or {})})
 
 
 @dataclass(frozen=True)
@@ -45,7 +76,8 @@ class AlfaConfig:
     text_frame: str = ALFA_FRAME
     temperature: float = fga.TEMPERATURE
     ridge: float = fga.RIDGE
-    vision_feature: str = "clip"  # few-shot memory bank
+    vision_feature: str = "clip"  # few-shot memory bank: clip (patches) or window (window embeddings)
+    vision_multiplier: float = FEW_SHOT_MULTIPLIER  # m: puts the bank distance on S_L's scale
 
     def check(self) -> list[str]:
         errs = []
@@ -55,21 +87,39 @@ class AlfaConfig:
             errs.append(f"--prompt-filter {self.prompt_filter}: expected one of {', '.join(FILTERS)}")
         if not self.prompts:
             errs.append("ALFA needs at least one prompt bank")
+        if self.vision_feature not in VISION_FEATURES:
+            errs.append(f"--vision-feature {self.vision_feature}: ALFA's memory bank takes {' or '.join(VISION_FEATURES)}")
+        if not self.vision_multiplier >= 0:
+            errs.append(f"--vision-multiplier {self.vision_multiplier}: expected a number >= 0")
+        if not self.ridge > 0:
+            errs.append(f"--ridge {self.ridge}: the aligner's ridge λ must be > 0")
         return errs
+
+    def bank_layout(self) -> BankLayout:
+        """The few-shot reference bank: CLIP patches at the image size, or window embeddings per
+        window size (feature `window@SIZE`)."""
+        if self.vision_feature == "window":
+            return WindowBankLayout(self.windows, fga.window_feature(self.image_size), self.image_size)
+        return BankLayout((self.image_size,), self.vision_feature)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def alfa_config_from_options(cls_prompts: Sequence[str] = (), image_size: int = 240, windows: str = "2,3",
-                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa") -> AlfaConfig:
+                             no_aligner: bool = False, no_rtp: bool = False, prompt_filter: str = "alfa",
+                             ridge: float | None = None, vision_feature: str | None = None,
+                             vision_multiplier: float | None = None) -> AlfaConfig:
     """Command-line options -> AlfaConfig (UsageError on bad values)."""
     try:
         sizes = tuple(sorted({int(w) for w in str(windows).split(",") if w.strip()}))
     except ValueError:
         raise UsageError(f"--windows {windows!r}: expected comma-separated integers like 2,3") from None
+    given = {k: v for k, v in (("ridge", ridge), ("vision_feature", vision_feature),
+                               ("vision_multiplier", vision_multiplier)) if v is not None}  # None: ALFA's default
     cfg = AlfaConfig(image_size=image_size, windows=sizes, aligner=not no_aligner,
-                     prompt_filter="none" if no_rtp else prompt_filter, prompts=tuple(cls_prompts) or AlfaConfig.prompts)
+                     prompt_filter="none" if no_rtp else prompt_filter, prompts=tuple(cls_prompts) or AlfaConfig.prompts,
+                     **given)
     errs = cfg.check()
     if errs:
         raise UsageError(errs[0])
@@ -128,6 +178,12 @@ class AlfaPipeline(PipelineBase):
             parts.append(f"filter-{c.prompt_filter}")
         if c.windows != AlfaConfig.windows:
             parts.append("r" + "".join(map(str, c.windows)))
+        if c.aligner and c.ridge != AlfaConfig.ridge:
+            parts.append(f"ridge={c.ridge:g}")
+        if c.vision_feature != AlfaConfig.vision_feature:
+            parts.append(f"{c.vision_feature}-bank")
+        if c.vision_multiplier != AlfaConfig.vision_multiplier:
+            parts.append(f"m={c.vision_multiplier:g}")
         return "+".join(parts)
 
     @property
@@ -136,14 +192,14 @@ class AlfaPipeline(PipelineBase):
 
     @property
     def bank_layout(self) -> BankLayout:
-        return BankLayout((self.config.image_size,), self.config.vision_feature)
+        return self.config.bank_layout()
 
     def few_shot_variant(self) -> "AlfaPipeline":
         return AlfaPipeline(self.backbone, self.config, self.class_name, self.normal, self.anomalous, tuple(self._banks),
                             few_shot=True, prompt_texts=self.prompt_texts)
 
     def embed(self, images: Sequence[Image.Image], extra_features: Iterable[str] = ()) -> AlfaEmbeddings:
-        del extra_features  # ALFA's global forward always yields the CLIP patches its memory bank needs
+        del extra_features  # the forward always yields what ALFA's memory bank needs (CLIP patches, window embeddings)
         pixels = preprocess_batch(images, self.config.image_size, self.backbone.device)
         return AlfaEmbeddings(fga.encode_with_windows(self.backbone, pixels, self.config.windows))
 
@@ -172,12 +228,15 @@ class AlfaPipeline(PipelineBase):
         vision = None
         if self.few_shot:
             g = feats.grid
-            vision = bank.score(cfg.image_size, feats.patches).view(-1, g, g)
-            fused = 0.5 * (language + vision)
+            if cfg.vision_feature == "window":
+                distance = fga.window_distance_map(feats, bank, cfg.windows)
+            else:
+                distance = bank.score(cfg.image_size, feats.patches).view(-1, g, g)
+            vision = cfg.vision_multiplier * distance  # reported as FADE does: the max after m
+            fused = few_shot_map(language, distance, cfg.vision_multiplier)
         else:
-            fused = language
-        fused = fused.clamp(0.0, 1.0)
-        score = (0.5 * (s_global + fused.amax(dim=(1, 2)))).clamp(0.0, 1.0)
+            fused = language.clamp(0.0, 1.0)
+        score = (0.5 * (s_global + fused.amax(dim=(1, 2)))).clamp(0.0, 1.0)  # eq. 12, S̃_L's max
         return to_results(score, fused, s_global, vision.amax(dim=(1, 2)) if vision is not None else None)
 
     def explain(self, images: Sequence[Image.Image]) -> list[dict]:
@@ -219,7 +278,8 @@ class AlfaMethod:
     """The ALFA registry entry."""
 
     name: str = "alfa"
-    flags: frozenset[str] = frozenset({"cls_scale", "cls_prompts", "windows", "no_aligner", "no_rtp", "prompt_filter"})
+    flags: frozenset[str] = frozenset({"cls_scale", "cls_prompts", "windows", "no_aligner", "no_rtp", "prompt_filter",
+                                       "ridge", "vision_feature", "vision_multiplier"})
     scores_whole_batch: bool = False
 
     def options(self, values: Mapping[str, object], map_size: int = 448) -> AlfaConfig:
@@ -229,7 +289,9 @@ class AlfaMethod:
                                         windows=str(values.get("windows", "2,3")),
                                         no_aligner=bool(values.get("no_aligner", False)),
                                         no_rtp=bool(values.get("no_rtp", False)),
-                                        prompt_filter=str(values.get("prompt_filter") or AlfaConfig.prompt_filter))
+                                        prompt_filter=str(values.get("prompt_filter") or AlfaConfig.prompt_filter),
+                                        ridge=values.get("ridge"), vision_feature=values.get("vision_feature"),
+                                        vision_multiplier=values.get("vision_multiplier"))
 
     def pipeline(self, backbone, options: AlfaConfig, class_name: str, reference_bank: MemoryBank | None = None,
                  text_cache: TextEncoderCache | None = None, few_shot: bool | None = None) -> AlfaPipeline:

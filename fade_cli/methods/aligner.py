@@ -17,6 +17,10 @@ How the paper's ambiguities are resolved here (docs/methods.md repeats this):
   softmax(<f_I,ij, F_TL,ij>/τ) with CLIP's τ = 0.01.
 - Windows → patches: a patch's score is the harmonic mean of the scores of the windows that
   contain it (WinCLIP's aggregation); window sizes are fused by a harmonic mean too (ALFA).
+- Few-shot window bank (WinCLIP+'s window-level memory, an option of ALFA's few-shot term):
+  the references' window embeddings f_I,ij per size r; a query window's distance is
+  ½(1 − cos) to its nearest reference window of the same size, taken to patches and fused
+  over sizes exactly as S_L is.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..model import gem
 
 RIDGE = 0.1
 TEMPERATURE = 0.01
+WINDOW_FEATURE = "window"  # memory-bank feature kind: window embeddings (bank keys are window sizes)
 _EPS = 1e-6
 
 
@@ -148,3 +153,21 @@ def windows_to_patches(scores: torch.Tensor, grid: int, r: int) -> torch.Tensor:
 
 def harmonic_mean(maps: list[torch.Tensor]) -> torch.Tensor:
     return len(maps) / torch.stack([1.0 / m.clamp_min(_EPS) for m in maps]).sum(dim=0)
+
+
+def window_feature(image_size: int) -> str:
+    """The bank feature name of window embeddings at one image size (a bank fits one size only)."""
+    return f"{WINDOW_FEATURE}@{image_size}"
+
+
+def window_bank_entries(backbone, pixels: torch.Tensor, windows: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Reference window embeddings of a batch (B, 3, s, s): r -> (B·W, D)."""
+    feats = encode_with_windows(backbone, pixels, windows)
+    return {r: feats.local[r].reshape(-1, feats.local[r].shape[-1]) for r in windows}
+
+
+def window_distance_map(feats: AlignerFeatures, bank, windows: tuple[int, ...]) -> torch.Tensor:
+    """(B, grid, grid): per size r, each query window's nearest-reference distance (bank keyed by r),
+    to patches by the harmonic mean of covering windows; sizes fused by a harmonic mean."""
+    maps = [windows_to_patches(bank.score(r, feats.local[r]), feats.grid, r) for r in windows]
+    return harmonic_mean(maps) if len(maps) > 1 else maps[0]

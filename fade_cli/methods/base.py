@@ -193,15 +193,19 @@ def build_reference_bank(
             )
             chunks.append((emb.clip if feature == "clip" else emb.gem)[0])
         patches[scale] = torch.cat(chunks)
-    info = {
+    return MemoryBank(patches=patches, meta={**reference_bank_info(backbone, feature, len(images)), **(meta or {})})
+
+
+def reference_bank_info(backbone: Backbone, feature: str, n_images: int) -> dict:
+    """The metadata every reference bank records: what produced it."""
+    return {
         "model": backbone.model_name,
         "weights_id": backbone.weights_id,
         "weights_fingerprint": backbone.weights_fingerprint,
         "feature": feature,
-        "n_images": len(images),
+        "n_images": n_images,
         "fade_version": __version__,
     }
-    return MemoryBank(patches=patches, meta={**info, **(meta or {})})
 
 
 def bank_for_scoring(pipeline, reference_bank: MemoryBank | None) -> MemoryBank | None:

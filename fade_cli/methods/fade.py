@@ -34,7 +34,7 @@ from ..model.backbone import Backbone, ImageEmbeddings, preprocess_scales
 from ..prompts.banks import PromptBank, load_bank
 from ..prompts.text import TextClassifier, TextEncoderCache, build_text_classifier
 from .base import BankLayout, PipelineBase, PromptSet, Result, bank_for_scoring, parse_scales, split_list, to_results
-from .filo import FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
+from .filo import MULTI_SHAPE_GRID, FiloRefinement, FiloText, any_switch, build_filo_text, method_label, multi_shape_map, needs_foreground
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank, self_knn_distance
 
@@ -67,7 +67,9 @@ class FadeConfig:
     multi_shape: bool = False  # patch features averaged over fixed kernels before text matching
     smooth_sigma: float = 0.0  # Gaussian σ in pixels of a smooth_size × smooth_size map; 0 = off
     smooth_size: int = 448  # the evaluation resolution σ is measured at
-    fg_matching: bool = False  # few-shot vision scores count only inside the estimated object
+    fg_matching: bool = False  # few-shot vision map × (λ + (1 − λ)·foreground), after the image score
+    multi_shape_grid: int = MULTI_SHAPE_GRID  # grid the multi-shape kernels are sized for (0: same on every grid)
+    filo_score: bool = False  # image score ½(CLS language + max of the map before suppression), FiLo's
 
     def resolved(self, few_shot: bool) -> "FadeConfig":
         preset = FEW_SHOT if few_shot else ZERO_SHOT
@@ -96,6 +98,10 @@ class FadeConfig:
             errs.append("position-enhanced prompts refine the language map: they need segmentation mode language or both")
         if self.positions and not self.position_prompts:
             errs.append("position-enhanced prompts need at least one prompt bank")
+        if self.multi_shape_grid < 0:
+            errs.append(f"multi-shape grid must be >= 0 (0 = kernels unscaled), not {self.multi_shape_grid}")
+        if self.filo_score and self.classification == "vision":
+            errs.append("FiLo's image score uses the CLS language score: it needs classification mode language or both")
         return errs
 
     def as_dict(self) -> dict:
@@ -228,27 +234,29 @@ class FadePipeline(PipelineBase):
             emb = embeddings[scale]
             if seg_lang:
                 patches = emb.gem if cfg.seg_feature == "gem" else emb.clip
-                lang_maps.append(multi_shape_map(patches, self.seg_text) if cfg.multi_shape
-                                 else to_grid(language_score(patches, self.seg_text)))
+                lang_maps.append(multi_shape_map(patches, self.seg_text, reference_grid=cfg.multi_shape_grid)
+                                 if cfg.multi_shape else to_grid(language_score(patches, self.seg_text)))
             if need_vis:
                 patches = emb.gem if cfg.vision_feature == "gem" else emb.clip
                 vis = bank.score(scale, patches) if self.few_shot else self_knn_distance(patches, k=2)
                 vis_maps.append(to_grid(vis))
 
-        m, w = cfg.vision_multiplier, cfg.vision_weight
+        m = cfg.vision_multiplier
         vision = fuse_scales(vis_maps) * m if vis_maps else None
         language = fuse_scales(lang_maps) if lang_maps else None
-        if self.filo is not None:  # FiLo: object prior, positions, smoothing (fade_cli/methods/filo.py)
-            language, vision = self.filo.refine(embeddings, language, vision, self.few_shot)
-        if cfg.segmentation == "both":
-            fused = (1.0 - w) * language + w * vision
-        else:
-            fused = language if cfg.segmentation == "language" else vision
-        fused = fused.clamp(0.0, 1.0)
+        if self.filo is not None:  # FiLo: foreground, positions, smoothing (fade_cli/methods/filo.py)
+            language, vision, fg = self.filo.refine(embeddings, language, vision, self.few_shot)
+        fused = self._fuse(language, vision)
 
         # the official code takes the max of the vision map after the multiplier
         vis_score = vision.amax(dim=(1, 2)) if vision is not None else None
-        if cls_lang and cls_vis:
+        map_max = fused.amax(dim=(1, 2))  # FiLo's image score: the map before suppression
+        if self.filo is not None:  # FiLo suppresses outside the object after the image score
+            language, vision = self.filo.suppress(language, vision, fg, self.few_shot)
+            fused = self._fuse(language, vision)
+        if cfg.filo_score:
+            score = 0.5 * (ac + map_max)
+        elif cls_lang and cls_vis:
             score = 0.5 * (ac + vis_score)
         elif cls_vis:
             score = vis_score
@@ -272,6 +280,15 @@ class FadePipeline(PipelineBase):
                  "anomalous": [{"text": t, "similarity": v, "kept": True} for t, v in zip(text.texts[t_n:], row[t_n:])]}
                 for row in sims]
 
+    def _fuse(self, language: torch.Tensor | None, vision: torch.Tensor | None) -> torch.Tensor:
+        """The map: clip((1 − w)·language + w·vision, 0, 1), or one of them alone (segmentation mode)."""
+        cfg = self.config
+        if cfg.segmentation == "both":
+            fused = (1.0 - cfg.vision_weight) * language + cfg.vision_weight * vision
+        else:
+            fused = language if cfg.segmentation == "language" else vision
+        return fused.clamp(0.0, 1.0)
+
 
 def _banks(specs: Sequence[str]) -> list[PromptBank]:
     return [load_bank(s) for s in specs]
@@ -281,6 +298,7 @@ def _banks(specs: Sequence[str]) -> list[PromptBank]:
 FADE_FLAGS = frozenset({
     "scales", "cls_scale", "cls_prompts", "seg_prompts", "vision_multiplier", "vision_weight", "vision_feature",
     "segmentation_mode", "classification_mode", "positions", "object_prior", "multi_shape", "smooth", "fg_matching",
+    "filo_score", "multi_shape_grid",
 })
 
 
@@ -310,7 +328,8 @@ class FadeMethod:
             vision_weight=values.get("vision_weight"),
             smooth_size=map_size,
             **resolve_switches(self.filo_preset, *(values.get(k) for k in ("positions", "object_prior", "multi_shape",
-                                                                           "smooth", "fg_matching"))),
+                                                                           "smooth", "fg_matching", "filo_score",
+                                                                           "multi_shape_grid"))),
         )
         problems = config.check()
         if problems:

@@ -16,12 +16,16 @@ and every part is a switch on top of FADE (all off = FADE, bit for bit):
   λ = 0.7 as in the official FiLo test code.
 - Multi-shape aggregation (FiLo's MMCI, sec. 3.3.3, with fixed instead of learned kernels):
   patch features averaged over 1×1, 3×3, 5×5, 7×7, 1×5 and 5×1 neighbourhoods (neighbours
-  inside the grid), re-normalised, matched to the text, the six maps averaged.
+  inside the grid), re-normalised, matched to the text, the maps averaged. FiLo's kernels act
+  on a 37×37 grid; on each of our grids they are scaled to span the same fraction of the side
+  (k·G/37, nearest odd size, distinct shapes once), so a 7×7 never covers half of a 15×15 grid.
 - Gaussian smoothing of the final maps (FiLo eq. 4, FiLo++ eq. 7; σ = 4 pixels at the
   evaluation resolution), applied on the patch grid with σ·G/size grid cells.
-- Foreground-restricted matching (FiLo++ few-shot branch, "constrain the patch matching
-  regions"): the reference-bank vision map is multiplied by the foreground estimate, so only
-  matches inside the object count (map and vision score).
+- Foreground-restricted matching (FiLo++ few-shot branch, eqs. 5–6, "suppressing the scores of
+  regions outside the boxes"): the reference-bank vision map × (λ + (1 − λ)·foreground), once,
+  with the object prior's λ (0.7 when that is off), after the image score as FiLo does.
+- FiLo's image score (official code): ½(text probability + max of the map), the map taken
+  before the suppression; an option instead of FADE's score.
 
 Maps here are (B, G, G) patch-grid maps in [0, 1]; patches are (B, g·g, D), L2-normalised.
 """
@@ -47,6 +51,7 @@ POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom 
 CENTER = POSITIONS.index("center")
 # FiLo's MMCI kernel shapes (appendix C.5: the combination the paper settles on)
 MULTI_SHAPE_KERNELS = ((1, 1), (3, 3), (5, 5), (7, 7), (1, 5), (5, 1))
+MULTI_SHAPE_GRID = 37  # FiLo's patch grid (ViT-L/14 at 518 px), on which those kernels are defined
 DEFAULT_OBJECT_PRIOR = 0.7  # λ of the official FiLo test code (scores outside boxes × 0.7)
 DEFAULT_SMOOTH_SIGMA = 4.0  # σ of FiLo / FiLo++ (pixels at the evaluation resolution)
 # Foreground estimate: object vs background prompts (embedded in the config's text frame,
@@ -64,6 +69,7 @@ FILO_PRESET = {
     "multi_shape": True,
     "smooth_sigma": DEFAULT_SMOOTH_SIGMA,
     "fg_matching": True,
+    "filo_score": False,
 }
 
 
@@ -91,12 +97,12 @@ def peak_region(maps: torch.Tensor) -> torch.Tensor:
 
 
 def position_language_map(patches: torch.Tensor, h_normal: torch.Tensor, h_anomalous: torch.Tensor,
-                          multi_shape: bool) -> torch.Tensor:
+                          multi_shape: bool, reference_grid: int = MULTI_SHAPE_GRID) -> torch.Tensor:
     """Second language pass: (B, N, D) patches against h− and each image's own h+ (B, D) -> (B, g, g)."""
     maps = []
     for i in range(patches.shape[0]):  # each image has its own region, hence its own h+
         text = TextClassifier(h_normal=h_normal, h_anomalous=h_anomalous[i], counts=(0, 0), banks=())
-        maps.append(language_map(patches[i : i + 1], text, multi_shape))
+        maps.append(language_map(patches[i : i + 1], text, multi_shape, reference_grid))
     return torch.cat(maps)
 
 
@@ -117,15 +123,36 @@ def multi_shape_features(patches: torch.Tensor, kernel: tuple[int, int]) -> torc
     return F.normalize(y.reshape(b, d, n).transpose(1, 2), dim=-1)
 
 
-def multi_shape_map(patches: torch.Tensor, text: TextClassifier,
-                    kernels: Sequence[tuple[int, int]] = MULTI_SHAPE_KERNELS) -> torch.Tensor:
-    """Language map of each kernel's aggregated features, averaged over kernels: (B, N, D) -> (B, g, g)."""
+def grid_kernels(grid: int, reference_grid: int = MULTI_SHAPE_GRID,
+                 kernels: Sequence[tuple[int, int]] = MULTI_SHAPE_KERNELS) -> tuple[tuple[int, int], ...]:
+    """FiLo's kernels for a grid×grid patch grid: each side k becomes k·grid/reference_grid rounded
+    to the nearest odd size ≥ 1 (so the window keeps its centre and its share of the image side);
+    shapes that coincide after scaling are kept once. reference_grid 0: the kernels unchanged."""
+    if not reference_grid:
+        return tuple(kernels)
+
+    def side(k: int) -> int:
+        return 2 * round((max(1.0, k * grid / reference_grid) - 1) / 2) + 1
+
+    return tuple(dict.fromkeys((side(kh), side(kw)) for kh, kw in kernels))
+
+
+def multi_shape_map(patches: torch.Tensor, text: TextClassifier, kernels: Sequence[tuple[int, int]] | None = None,
+                    reference_grid: int = MULTI_SHAPE_GRID) -> torch.Tensor:
+    """Language map of each kernel's aggregated features, averaged over kernels: (B, N, D) -> (B, g, g).
+
+    kernels None: FiLo's, scaled to this grid (`grid_kernels`)."""
+    if kernels is None:
+        kernels = grid_kernels(int(round(patches.shape[1] ** 0.5)), reference_grid)
     return torch.stack([to_grid(language_score(multi_shape_features(patches, k), text)) for k in kernels]).mean(dim=0)
 
 
-def language_map(patches: torch.Tensor, text: TextClassifier, multi_shape: bool) -> torch.Tensor:
+def language_map(patches: torch.Tensor, text: TextClassifier, multi_shape: bool,
+                 reference_grid: int = MULTI_SHAPE_GRID) -> torch.Tensor:
     """FADE's language map of one scale, (B, N, D) -> (B, g, g), multi-shape or per patch."""
-    return multi_shape_map(patches, text) if multi_shape else to_grid(language_score(patches, text))
+    if multi_shape:
+        return multi_shape_map(patches, text, reference_grid=reference_grid)
+    return to_grid(language_score(patches, text))
 
 
 # ---- object prior, smoothing -----------------------------------------------------------------
@@ -166,7 +193,7 @@ def needs_foreground(config) -> bool:
 
 def any_switch(config) -> bool:
     return bool(config.positions or config.object_prior is not None or config.multi_shape
-                or config.smooth_sigma > 0 or config.fg_matching)
+                or config.smooth_sigma > 0 or config.fg_matching or config.filo_score)
 
 
 def _position_texts(config, class_name: str) -> tuple[list, list[str], list[list[str]]]:
@@ -220,18 +247,19 @@ def build_filo_text(config, class_name: str, encoder: TextEncoderCache) -> FiloT
 
 # ---- the refinement stage --------------------------------------------------------------------
 class FiloRefinement:
-    """Applies the switched-on FiLo parts to FADE's fused language and vision maps.
+    """Applies the switched-on FiLo parts to FADE's fused language and vision maps, in two steps.
 
-    Order (each step only when its switch is on):
+    `refine` (before the image score; each step only when its switch is on):
       1. foreground F (B, G, G) = GEM patch-text p(object), fused over scales like the maps;
-      2. few-shot vision ← vision · F (foreground-restricted matching);
-      3. positions: first-pass map = clip((1 − w)·language + w·vision) (× the object prior),
+      2. positions: first-pass map = clip((1 − w)·language + w·vision) (× the object prior),
          region of its peak, language ← ½(language + position-enhanced language);
-      4. language, vision ← Gaussian-smoothed (σ·G/size cells);
-      5. language, vision ← × (λ + (1 − λ)·F) (object prior; after smoothing, as FiLo
-         suppresses the smoothed map).
-    The pipeline then fuses and clips as FADE does; the few-shot vision score is the max of the
-    refined vision map."""
+      3. language, vision ← Gaussian-smoothed (σ·G/size cells).
+    The pipeline takes the image score from these maps, then `suppress` (FiLo: outside the boxes
+    × λ, after the image score; FiLo++ eqs. 5–7 for the few-shot map, once):
+      4. language ← × (λ + (1 − λ)·F) (object prior);
+      5. vision ← × (λ + (1 − λ)·F) once, with the object prior's λ, or with λ = 0.7 for
+         foreground matching alone (few-shot vision only).
+    The pipeline then fuses and clips as FADE does."""
 
     def __init__(self, config, text: FiloText):
         self.config = config
@@ -241,7 +269,9 @@ class FiloRefinement:
         return emb.gem if self.config.seg_feature == "gem" else emb.clip
 
     def refine(self, embeddings: dict, language: torch.Tensor | None, vision: torch.Tensor | None,
-               few_shot: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+               few_shot: bool) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(language, vision, foreground F or None), before any suppression."""
+        del few_shot  # the refinement before the score is the same zero- and few-shot
         cfg = self.config
         ref = language if language is not None else vision
         grid = ref.shape[-1]
@@ -249,8 +279,6 @@ class FiloRefinement:
         if needs_foreground(cfg):
             fg = fuse_scales([to_grid(language_score(self._patches(embeddings[s]), self.text.foreground))
                               for s in cfg.seg_scales]).to(ref.dtype)
-        if cfg.fg_matching and few_shot and vision is not None:
-            vision = vision * fg
         if cfg.positions and language is not None:
             first = self._fuse(language, vision)
             if cfg.object_prior is not None:
@@ -258,15 +286,25 @@ class FiloRefinement:
             region = peak_region(first)
             h_a = self.text.h_positions.to(ref.device)[region.to(ref.device)]
             second = fuse_scales([position_language_map(self._patches(embeddings[s]), self.text.h_normal.to(ref.device),
-                                                        h_a, cfg.multi_shape) for s in cfg.seg_scales])
+                                                        h_a, cfg.multi_shape, cfg.multi_shape_grid)
+                                  for s in cfg.seg_scales])
             language = 0.5 * (language + second.to(language.dtype))
         if cfg.smooth_sigma > 0:
             sigma = smoothing_sigma(cfg.smooth_sigma, grid, cfg.smooth_size)
             language = gaussian_smooth(language, sigma) if language is not None else None
             vision = gaussian_smooth(vision, sigma) if vision is not None else None
-        if cfg.object_prior is not None:
-            language = object_prior(language, fg, cfg.object_prior) if language is not None else None
-            vision = object_prior(vision, fg, cfg.object_prior) if vision is not None else None
+        return language, vision, fg
+
+    def suppress(self, language: torch.Tensor | None, vision: torch.Tensor | None, fg: torch.Tensor | None,
+                 few_shot: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Outside the estimated object × λ: each map once (after the image score)."""
+        cfg = self.config
+        lam = cfg.object_prior
+        if lam is not None and language is not None:
+            language = object_prior(language, fg, lam)
+        lam_vision = lam if lam is not None else (DEFAULT_OBJECT_PRIOR if cfg.fg_matching and few_shot else None)
+        if lam_vision is not None and vision is not None:
+            vision = object_prior(vision, fg, lam_vision)
         return language, vision
 
     def _fuse(self, language: torch.Tensor, vision: torch.Tensor | None) -> torch.Tensor:
@@ -287,11 +325,14 @@ def switches(config) -> list[str]:
     if config.object_prior is not None:
         out.append(f"object-prior={config.object_prior:g}")
     if config.multi_shape:
-        out.append("multi-shape")
+        grid = config.multi_shape_grid
+        out.append("multi-shape" if grid == MULTI_SHAPE_GRID else ("multi-shape=fixed" if not grid else f"multi-shape={grid}"))
     if config.smooth_sigma > 0:
         out.append(f"smooth={config.smooth_sigma:g}")
     if config.fg_matching:
         out.append("fg-matching")
+    if config.filo_score:
+        out.append("filo-score")
     return out
 
 
@@ -303,11 +344,12 @@ def method_label(config) -> str:
 
 def resolve_switches(preset: bool, positions: bool | None = None, object_prior: float | None = None,
                      multi_shape: bool | None = None, smooth: float | None = None,
-                     fg_matching: bool | None = None) -> dict:
+                     fg_matching: bool | None = None, filo_score: bool | None = None,
+                     multi_shape_grid: int | None = None) -> dict:
     """Command-line FiLo options -> FadeConfig fields. None = the method's default: FILO_PRESET
     with `preset` (`--method filo`), off otherwise. λ = 1 is the identity and counts as off."""
     base = FILO_PRESET if preset else {"positions": False, "object_prior": None, "multi_shape": False,
-                                                 "smooth_sigma": 0.0, "fg_matching": False}
+                                       "smooth_sigma": 0.0, "fg_matching": False, "filo_score": False}
     lam = base["object_prior"] if object_prior is None else float(object_prior)
     return {
         "positions": base["positions"] if positions is None else positions,
@@ -315,4 +357,6 @@ def resolve_switches(preset: bool, positions: bool | None = None, object_prior: 
         "multi_shape": base["multi_shape"] if multi_shape is None else multi_shape,
         "smooth_sigma": float(base["smooth_sigma"] if smooth is None else smooth),
         "fg_matching": base["fg_matching"] if fg_matching is None else fg_matching,
+        "filo_score": base["filo_score"] if filo_score is None else filo_score,
+        "multi_shape_grid": MULTI_SHAPE_GRID if multi_shape_grid is None else int(multi_shape_grid),
     }

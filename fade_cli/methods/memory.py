@@ -77,11 +77,11 @@ class MemoryBank:
                 f"{meta['weights_fingerprint'][:16]}, this model's is {backbone.weights_fingerprint[:16]}); "
                 f"rebuild it with `fade bank build` and these weights"
             )
+        if meta.get("feature") != feature:  # first: a bank of another kind has other keys too
+            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {feature}")
         missing = sorted(set(scales) - set(self.patches))
         if missing:
             raise MemoryBankError(f"reference bank has no patches at scale(s) {missing} (it has {sorted(self.patches)})")
-        if meta.get("feature") != feature:
-            raise MemoryBankError(f"reference bank holds {meta.get('feature')} patches; this run's vision feature is {feature}")
 
     def score(self, scale: int, query: torch.Tensor) -> torch.Tensor:
         """(B, N, D) query patches at `scale` -> (B, N) nearest-neighbour distances (k = 1)."""

@@ -5,11 +5,13 @@ instructions follow the papers' recipes:
 
 - FADE (object-agnostic): several wordings asking for short descriptions of a photo of a
   damaged / an undamaged object without naming any object -> `prompts.normal/anomalous`.
-- ALFA (per class): "How to identify an abnormal/a normal {class} in an image?", answered as
-  sentences "An abnormal image of {class} ..." / "A normal image of {class} ...", plus detail
-  phrases for the template "A {domain} image of a {state} {class} with {details}".
+- ALFA (per class, sec. 4.2 / Table 3, composed as in `alfa_recipe`): the 72 template prompts
+  "A {domain} image of a {state} {class}" (6 domains × 12 state phrases), detail phrases put
+  into "... {class} with {details}" with 4 state words each (per_state/4 phrases asked), and
+  the answers to "How to identify an abnormal/a normal {class} in an image?" as sentences
+  "An abnormal image of {class} ..." / "A normal image of {class} ...".
 - FiLo (per class): "Based on your knowledge, what anomalies might occur on {class}?" -> short
-  anomaly types, used as "a photo of a {class} with <anomaly>".
+  anomaly types, used as "{class} with <anomaly>" (the text frame adds "a photo of a").
 
 The per-class texts go to `classes.<class>` with the literal class name replaced by `{class}`.
 Every instruction sent is recorded in `generation.instructions`; the result always passes
@@ -25,6 +27,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from . import alfa_recipe
 from .banks import SCHEMA_VERSION, validate_bank
 from .llm import (  # noqa: F401 - the client and parsers are part of this module's interface
     MAX_ITEM_CHARS, GenerationError, LLMClient, _class_regex, _dedup, _refused, _short, clean_item, parse_items,
@@ -86,12 +89,6 @@ def _filo_question(spoken: str, n: int) -> str:
             "of a few words each (a kind of defect, optionally where it is).")
 
 
-# ALFA's template "A {domain} image of a {state} {class} with {details}", the state filled in
-# (with the article that fits it); {domain} and {class} stay placeholders.
-_ALFA_TEMPLATE = {"normal": "A {{domain}} image of a normal {{class}} with {details}",
-                  "anomalous": "A {{domain}} image of an abnormal {{class}} with {details}"}
-
-
 def generate_bank(client: LLMClient, class_name: str, name: str | None = None, per_state: int = 50,
                   date: str | None = None) -> dict:
     """A new prompt bank (schema_version 1) for `class_name`, asked of `client`.
@@ -145,23 +142,27 @@ def generate_bank(client: LLMClient, class_name: str, name: str | None = None, p
             texts += [t for t in ask(wording.format(n=per_state) + _FORMAT) if not class_re.search(t)]
         agnostic[state] = _dedup(texts)
 
-    # ALFA: LLM sentences, and detail phrases put into the template.
-    section: dict[str, list[str]] = {"normal": [], "anomalous": []}
+    # ALFA: template prompts without and with LLM details (each detail with several state words), then
+    # the LLM sentences; the detail phrases are asked per_state/4 at a time to keep ALFA's proportions.
+    section = {state: alfa_recipe.template_prompts(state) for state in ("normal", "anomalous")}
     alfa_sentences: dict[str, list[str]] = {}
     for state in ("anomalous", "normal"):
         alfa_sentences[state] = [per_class(t) for t in ask(_alfa_question(state, spoken, per_state) + _FORMAT)]
+    n_details = max(1, round(per_state / alfa_recipe.DETAIL_STATES_PER_PHRASE))
     for state in ("anomalous", "normal"):
-        details = [re.sub(r"^with\s+", "", t, flags=re.I) for t in ask(_alfa_details(state, spoken, per_state) + _FORMAT)]
-        section[state] += [_ALFA_TEMPLATE[state].format(details=per_class(d)) for d in details if d]
+        details = [re.sub(r"^with\s+", "", t, flags=re.I)
+                   for t in ask(_alfa_details(state, spoken, n_details) + _FORMAT)[:n_details]]
+        section[state] += alfa_recipe.detail_prompts(state, [per_class(d) for d in details if d])
     for state in ("anomalous", "normal"):
         section[state] += alfa_sentences[state]
 
     # FiLo: anomaly types.
     anomalies = ask(_filo_question(spoken, per_state) + _FORMAT)
-    section["anomalous"] += [f"a photo of a {{class}} with {per_class(a)}" for a in anomalies]
+    section["anomalous"] += [f"{{class}} with {per_class(a)}" for a in anomalies]
     section = {s: _dedup(v) for s, v in section.items()}
 
-    counts = {s: len(agnostic[s]) + len(section[s]) for s in ("normal", "anomalous")}
+    # the template prompts are ours, not the model's: only what the model gave counts here
+    counts = {s: len(agnostic[s]) + len(section[s]) - len(alfa_recipe.template_prompts(s)) for s in ("normal", "anomalous")}
     if min(counts.values()) < MIN_PER_STATE:
         raise GenerationError(
             f"too few usable prompts for {cls!r}: got {counts['normal']} normal and {counts['anomalous']} "
