@@ -275,3 +275,33 @@ def test_references_match_themselves(tiny_dino):
     assert float(d.abs().max()) < 1e-5
     other = tiny_dino.encode_images([random_image(9, (56, 56))])[0][0]
     assert float(dino.patch_distances(other, bank).max()) > 1e-3
+
+
+def test_bank_and_scores(tiny_dino):
+    refs = [random_image(i, (56, 56)) for i in range(2)]
+    plain = dino.build_dino_bank(tiny_dino, refs, augment="none")
+    rotated = dino.build_dino_bank(tiny_dino, refs, augment="rotate")
+    assert plain.patches.shape == (2 * 16, tiny_dino.embed_dim)
+    assert rotated.patches.shape == (8 * 2 * 16, tiny_dino.embed_dim)
+    torch.testing.assert_close(rotated.patches.norm(dim=-1), torch.ones(8 * 2 * 16))
+    # the un-rotated copies are the plain bank's, and the PCA is fitted on them alone
+    torch.testing.assert_close(rotated.patches[:16], plain.patches[:16])
+    torch.testing.assert_close(rotated.pca.component, plain.pca.component)
+    assert rotated.meta["vision_weights_id"] == tiny_dino.weights_id and rotated.meta["n_images"] == 2
+    queries = [refs[0], random_image(7, (70, 56))]
+    maps, scores = dino.score_images(tiny_dino, plain, queries, masked=False, out_grid=8)
+    assert maps.shape == (2, 8, 8) and float(scores[0]) < 1e-5 < float(scores[1])
+    # the score is the top-1 % mean of the unsmoothed distances
+    tokens, grid = tiny_dino.encode_images(queries[1:])[0]
+    d = dino.patch_distances(tokens, plain.patches)
+    torch.testing.assert_close(scores[1], d.max())  # 20 patches: ⌊0.2⌋ = 0 -> maximum
+    masked_maps, masked_scores = dino.score_images(tiny_dino, plain, queries[1:], masked=True, out_grid=8)
+    fg = plain.pca.mask(tokens, grid).flatten()
+    torch.testing.assert_close(masked_scores[0], (d * fg).max())
+
+
+def test_weights_id_tells_weights_apart():
+    a = load_dino_backbone(TINY_DINO, "none", seed=0, size=56)
+    b = load_dino_backbone(TINY_DINO, "none", seed=1, size=56)
+    assert a.weights_id != b.weights_id
+    assert a.weights_id == load_dino_backbone(TINY_DINO, "none", seed=0, size=56).weights_id

@@ -162,3 +162,51 @@ def distance_map(distances: torch.Tensor, grid: tuple[int, int], out_grid: int, 
     grid_map = distances.view(1, 1, *grid)
     resized = F.interpolate(grid_map, size=(out_grid, out_grid), mode="bilinear", align_corners=False)[0]
     return gaussian_smooth(resized, smoothing_sigma(sigma_px, out_grid, smooth_size))[0]
+
+
+@dataclass
+class DinoBank:
+    """Reference patches of one class from a DINOv2 backbone, with the foreground PCA fitted on them."""
+
+    patches: torch.Tensor  # (M, D) L2-normalised, rotated copies included
+    pca: ForegroundPCA
+    meta: dict  # vision_backbone, vision_weights_id, vision_size, augment_refs, n_images, ...
+
+
+def build_dino_bank(backbone, images: Sequence, augment: str = "rotate", mask_threshold: float = MASK_THRESHOLD,
+                    meta: dict | None = None) -> DinoBank:
+    """Patch tokens of good reference images (PIL), one image at a time (memory flat in their number);
+    with `augment="rotate"` each also at 45°, …, 315°. The PCA sees the un-rotated references."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, not {augment!r}")
+    angles = ROTATION_ANGLES if augment == "rotate" else (0,)
+    patches, raw, grids = [], [], []
+    p = backbone.patch_size
+    for image in images:
+        pixels = backbone.preprocess(image)[None]
+        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+        tokens = backbone.encode(rotate_images(pixels, angles) if len(angles) > 1 else pixels)  # (A, N, D), angle 0 first
+        raw.append(tokens[0])
+        grids.append(grid)
+        patches.append(F.normalize(tokens.flatten(0, 1), dim=-1))
+    if not patches:
+        raise ValueError("no reference images")
+    info = {"vision_backbone": backbone.model_name, "vision_pretrained": backbone.pretrained,
+            "vision_weights_id": backbone.weights_id, "vision_size": backbone.size, "augment_refs": augment,
+            "n_images": len(raw)}
+    return DinoBank(patches=torch.cat(patches), pca=ForegroundPCA.fit(raw, grids, mask_threshold), meta={**info, **(meta or {})})
+
+
+def score_images(backbone, bank: DinoBank, images: Sequence, masked: bool, out_grid: int,
+                 sigma_px: float = SMOOTH_SIGMA) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query images (PIL) -> (maps (B, G, G) smoothed distances, scores (B,) mean of the top 1 %).
+
+    Distances are 1 − cos, so maps and scores lie in [0, 2] (in practice well below 1)."""
+    maps, scores = [], []
+    bank_patches = bank.patches.to(backbone.device)
+    for tokens, grid in backbone.encode_images(images):
+        foreground = bank.pca.mask(tokens, grid).flatten() if masked else None
+        d = patch_distances(tokens, bank_patches, foreground)
+        scores.append(mean_top_fraction(d[None])[0])
+        maps.append(distance_map(d, grid, out_grid, sigma_px))
+    return torch.stack(maps), torch.stack(scores)
