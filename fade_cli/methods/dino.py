@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..memory import knn_distance
+from ..errors import MemoryBankError
 
 ROTATION_ANGLES = tuple(range(0, 360, 45))
 AUGMENTS = ("none", "rotate")
@@ -57,9 +57,13 @@ def masking_applies(mode: str, class_name: str) -> bool:
     return mode == "on"
 
 
-def nearest_cosine_distance(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """(Q, D), (M, D) L2-normalised -> (Q,) 1 − the highest cosine similarity to a bank row."""
-    return 2.0 * knn_distance(query, bank, k=1, chunk=1024)
+def nearest_cosine_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(Q, D), (M, D) L2-normalised -> (Q,) 1 − the highest cosine similarity to a bank row.
+
+    `chunk` query rows at a time (memory flat in Q); a row maximum, cheaper than top-k for k = 1."""
+    if bank.shape[0] == 0:
+        raise MemoryBankError("the DINOv2 reference bank is empty")
+    return torch.cat([1.0 - (query[i : i + chunk] @ bank.T).amax(dim=1) for i in range(0, query.shape[0], chunk)])
 
 
 def mean_top_fraction(distances: torch.Tensor, fraction: float = TOP_FRACTION) -> torch.Tensor:
