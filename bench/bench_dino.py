@@ -4,7 +4,8 @@ For each backbone (ViT-S/14, ViT-B/14 by default, random init: the same computat
 released weights) and shot count, in a fresh process (peak RSS only grows): build the reference
 bank (with `--augment rotate`, 8 forwards per reference), then score query images (forward,
 foreground mask, 1-NN against the bank, top-1 % score, map with σ = 4 smoothing). Prints seconds
-for the bank and per image, the bank's size and the peak memory above the loaded model (RSS on
+for the bank and per image (wall clock, and this process's CPU seconds, which move less on a
+shared machine), the bank's size and the peak memory above the loaded model (RSS on
 CPU, torch's peak allocation on CUDA). Only the DINOv2 vision part is timed: the CLIP language
 part of `--method dino` costs what FADE's language part costs (bench_fade.py).
 
@@ -49,20 +50,21 @@ def measure(model: str, shots: int, n_images: int, augment: str, size: int, devi
     cuda = backbone.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     bank = build_dino_bank(backbone, refs, augment)
     if cuda:
         torch.cuda.synchronize()
-    t_bank = time.perf_counter() - t
+    t_bank, c_bank = time.perf_counter() - t, time.process_time() - c
     score_images(backbone, bank, queries[:1], masked=True, out_grid=56)  # warm-up
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for q in queries[1:]:
         score_images(backbone, bank, [q], masked=True, out_grid=56)
     if cuda:
         torch.cuda.synchronize()
-    per_image = (time.perf_counter() - t) / n_images
+    per_image, cpu_per_image = (time.perf_counter() - t) / n_images, (time.process_time() - c) / n_images
     out = {"model": model, "shots": shots, "augment": augment, "model_s": round(t_model, 2), "bank_s": round(t_bank, 3),
-           "per_image_s": round(per_image, 3), "bank_patches": int(bank.patches.shape[0]),
+           "per_image_s": round(per_image, 3),
+           "bank_cpu_s": round(c_bank, 2), "per_image_cpu_s": round(cpu_per_image, 3), "bank_patches": int(bank.patches.shape[0]),
            "bank_mb": round(bank.patches.numel() * 4 / 2**20, 1), "peak_rss_above_model_mb": round(rss_mb() - base),
            "peak_rss_mb": round(rss_mb())}
     if cuda:
@@ -96,8 +98,9 @@ def main() -> None:
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
             extra = f", CUDA peak {r['cuda_peak_allocated_mb']} MB" if "cuda_peak_allocated_mb" in r else ""
-            print(f"{model} {shots}-shot (refs {args.augment}): bank {r['bank_s']:.2f} s ({r['bank_patches']} patches, "
-                  f"{r['bank_mb']} MB), {r['per_image_s']:.3f} s/image, peak RSS +{r['peak_rss_above_model_mb']} MB{extra}", flush=True)
+            print(f"{model} {shots}-shot (refs {args.augment}): bank {r['bank_s']:.2f} s [CPU {r['bank_cpu_s']:.1f} s] "
+                  f"({r['bank_patches']} patches, {r['bank_mb']} MB), {r['per_image_s']:.3f} s/image "
+                  f"[CPU {r['per_image_cpu_s']:.2f} s], peak RSS +{r['peak_rss_above_model_mb']} MB{extra}", flush=True)
             what = f"dino {model} {shots}-shot {args.augment}"
             peak = {"peak_rss_mb": r["peak_rss_mb"]}
             rows += [{"what": f"{what} bank", "seconds": r["bank_s"], **peak},
