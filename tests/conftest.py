@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-from timm.models import register_model
 from PIL import Image
+from timm.models import register_model
 
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "fade-tiny.json"

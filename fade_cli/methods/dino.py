@@ -161,7 +161,7 @@ def patch_distances(tokens: torch.Tensor, bank: torch.Tensor, foreground: torch.
 def distance_map(distances: torch.Tensor, grid: tuple[int, int], out_grid: int, sigma_px: float = SMOOTH_SIGMA,
                  smooth_size: int = SMOOTH_SIZE) -> torch.Tensor:
     """(h·w,) patch distances -> (G, G) map: bilinear resize (half-pixel centres), Gaussian σ·G/size cells."""
-    from ..filo import gaussian_smooth, smoothing_sigma
+    from .filo import gaussian_smooth, smoothing_sigma
 
     grid_map = distances.view(1, 1, *grid)
     resized = F.interpolate(grid_map, size=(out_grid, out_grid), mode="bilinear", align_corners=False)[0]
