@@ -1,4 +1,4 @@
-"""DINOv2 vision guidance (AnomalyDINO-style, fade_cli/methods/dino.py) speed and memory.
+"""DINOv2 vision guidance (AnomalyDINO-style, fade_cli/methods/anomalydino.py) speed and memory.
 
 For each backbone (ViT-S/14, ViT-B/14 by default, random init: the same computation as the
 released weights) and shot count, in a fresh process (peak RSS only grows): build the reference
@@ -38,7 +38,7 @@ def rss_mb() -> float:
 def measure(model: str, shots: int, n_images: int, augment: str, size: int, device: str) -> dict:
     import torch
 
-    from fade_cli.methods.dino import build_dino_bank, score_images
+    from fade_cli.methods.anomalydino import build_dino_bank, foreground_pca, score_images
     from fade_cli.model.dino import load_dino_backbone
 
     t = time.perf_counter()
@@ -55,18 +55,20 @@ def measure(model: str, shots: int, n_images: int, augment: str, size: int, devi
     if cuda:
         torch.cuda.synchronize()
     t_bank, c_bank = time.perf_counter() - t, time.process_time() - c
-    score_images(backbone, bank, queries[:1], masked=True, out_grid=56)  # warm-up
+    pca = foreground_pca(bank)  # fitted once per bank (a pipeline caches it)
+    score_images(backbone, bank, queries[:1], pca, out_grid=56)  # warm-up
     t, c = time.perf_counter(), time.process_time()
     for q in queries[1:]:
-        score_images(backbone, bank, [q], masked=True, out_grid=56)
+        score_images(backbone, bank, [q], pca, out_grid=56)
     if cuda:
         torch.cuda.synchronize()
     per_image, cpu_per_image = (time.perf_counter() - t) / n_images, (time.process_time() - c) / n_images
-    out = {"model": model, "shots": shots, "augment": augment, "model_s": round(t_model, 2), "bank_s": round(t_bank, 3),
-           "per_image_s": round(per_image, 3),
-           "bank_cpu_s": round(c_bank, 2), "per_image_cpu_s": round(cpu_per_image, 3), "bank_patches": int(bank.patches.shape[0]),
-           "bank_mb": round(bank.patches.numel() * 4 / 2**20, 1), "peak_rss_above_model_mb": round(rss_mb() - base),
-           "peak_rss_mb": round(rss_mb())}
+    bank_bytes = sum(t.numel() * t.element_size() for t in (*bank.patches.values(), *bank.arrays.values()))
+    out = {"model": model, "shots": shots, "augment": augment, "model_s": round(t_model, 2),
+           "bank_s": round(t_bank, 3), "bank_cpu_s": round(c_bank, 2),
+           "per_image_s": round(per_image, 3), "per_image_cpu_s": round(cpu_per_image, 3),
+           "bank_patches": int(bank.patches[size].shape[0]), "bank_mb": round(bank_bytes / 2**20, 1),
+           "peak_rss_above_model_mb": round(rss_mb() - base), "peak_rss_mb": round(rss_mb())}
     if cuda:
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return out

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fade_cli.errors import BackboneError
-from fade_cli.methods import dino
+from fade_cli.methods import anomalydino as dino
 from fade_cli.model.dino import IMAGENET_MEAN, IMAGENET_STD, input_size, load_dino_backbone
 
 from conftest import TINY_DINO, random_image
@@ -281,23 +281,43 @@ def test_bank_and_scores(tiny_dino):
     refs = [random_image(i, (56, 56)) for i in range(2)]
     plain = dino.build_dino_bank(tiny_dino, refs, augment="none")
     rotated = dino.build_dino_bank(tiny_dino, refs, augment="rotate")
-    assert plain.patches.shape == (2 * 16, tiny_dino.embed_dim)
-    assert rotated.patches.shape == (8 * 2 * 16, tiny_dino.embed_dim)
-    torch.testing.assert_close(rotated.patches.norm(dim=-1), torch.ones(8 * 2 * 16))
+    assert plain.patches[56].shape == (2 * 16, tiny_dino.embed_dim)
+    assert rotated.patches[56].shape == (8 * 2 * 16, tiny_dino.embed_dim)
+    torch.testing.assert_close(rotated.patches[56].norm(dim=-1), torch.ones(8 * 2 * 16))
     # the un-rotated copies are the plain bank's, and the PCA is fitted on them alone
-    torch.testing.assert_close(rotated.patches[:16], plain.patches[:16])
-    torch.testing.assert_close(rotated.pca.component, plain.pca.component)
-    assert rotated.meta["vision_weights_id"] == tiny_dino.weights_id and rotated.meta["n_images"] == 2
+    torch.testing.assert_close(rotated.patches[56][:16], plain.patches[56][:16])
+    torch.testing.assert_close(dino.foreground_pca(rotated).component, dino.foreground_pca(plain).component)
+    assert rotated.meta["weights_id"] == tiny_dino.weights_id and rotated.meta["n_images"] == 2
     queries = [refs[0], random_image(7, (70, 56))]
-    maps, scores = dino.score_images(tiny_dino, plain, queries, masked=False, out_grid=8)
+    maps, scores = dino.score_images(tiny_dino, plain, queries, None, out_grid=8)
     assert maps.shape == (2, 8, 8) and float(scores[0]) < 1e-5 < float(scores[1])
     # the score is the top-1 % mean of the unsmoothed distances
     tokens, grid = tiny_dino.encode_images(queries[1:])[0]
-    d = dino.patch_distances(tokens, plain.patches)
+    d = dino.patch_distances(tokens, plain.patches[56])
     torch.testing.assert_close(scores[1], d.max())  # 20 patches: ⌊0.2⌋ = 0 -> maximum
-    masked_maps, masked_scores = dino.score_images(tiny_dino, plain, queries[1:], masked=True, out_grid=8)
-    fg = plain.pca.mask(tokens, grid).flatten()
-    torch.testing.assert_close(masked_scores[0], (d * fg).max())
+    pca = dino.foreground_pca(plain)
+    _, masked_scores = dino.score_images(tiny_dino, plain, queries[1:], pca, out_grid=8)
+    torch.testing.assert_close(masked_scores[0], (d * pca.mask(tokens, grid).flatten()).max())
+
+
+def test_joined_banks_equal_one_bank_and_round_trip(tiny_dino, tmp_path):
+    from fade_cli.methods.memory import MemoryBank
+
+    refs = [random_image(i, (56 + 14 * i, 56)) for i in range(3)]
+    whole = dino.build_dino_bank(tiny_dino, refs, augment="rotate")
+    joined = MemoryBank.concat([dino.build_dino_bank(tiny_dino, [r], augment="rotate") for r in refs])
+    torch.testing.assert_close(joined.patches[56], whole.patches[56])
+    for name in ("tokens", "grids"):
+        torch.testing.assert_close(joined.arrays[name], whole.arrays[name])
+    assert joined.meta["n_images"] == 3
+    path = tmp_path / "refs.fadebank"
+    whole.save(path)
+    loaded = MemoryBank.load(path)
+    torch.testing.assert_close(loaded.patches[56], whole.patches[56])
+    assert loaded.arrays["grids"].tolist() == [[4, 4], [4, 5], [4, 6]] and loaded.arrays["grids"].dtype == torch.int64
+    a, b = dino.foreground_pca(loaded), dino.foreground_pca(whole)
+    torch.testing.assert_close(a.component, b.component)
+    torch.testing.assert_close(a.mean, b.mean)
 
 
 def test_weights_id_tells_weights_apart():

@@ -51,6 +51,9 @@ class MemoryBank:
 
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, feature, class, images, fade version
+    # other per-image tensors a method keeps with its bank (rows in reference order, joined by
+    # `concat`), e.g. the DINOv2 method's raw tokens for its foreground PCA
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def check_compatible(self, backbone, scales, feature: str) -> None:
         """Refuse a bank built with other weights, without these scales, or of another feature kind."""
@@ -80,13 +83,17 @@ class MemoryBank:
         for b in banks[1:]:
             if sorted(b.patches) != sorted(first.patches) or b.meta.get("feature") != first.meta.get("feature"):
                 raise MemoryBankError("cannot join reference banks of different scales or features")
+            if sorted(b.arrays) != sorted(first.arrays):
+                raise MemoryBankError("cannot join reference banks holding different arrays")
         patches = {s: torch.cat([b.patches[s] for b in banks]) for s in first.patches}
+        arrays = {k: torch.cat([b.arrays[k] for b in banks]) for k in first.arrays}
         meta = dict(first.meta, n_images=sum(int(b.meta.get("n_images", 1)) for b in banks))
-        return cls(patches=patches, meta=meta)
+        return cls(patches=patches, meta=meta, arrays=arrays)
 
     def save(self, path: Path) -> None:
         """Write atomically: a half-written bank never appears under `path`."""
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
+        arrays.update({f"array_{k}": t.detach().cpu().numpy() for k, t in self.arrays.items()})
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -103,10 +110,11 @@ class MemoryBank:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta_json"]))
                 patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
+                arrays = {k.removeprefix("array_"): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("array_")}
         except FileNotFoundError:
             raise MemoryBankError(f"{path}: no such file") from None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
         if meta.get("format") != BANK_FORMAT:
             raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
-        return cls(patches=patches, meta=meta)
+        return cls(patches=patches, meta=meta, arrays=arrays)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MemoryBankError
+from .memory import MemoryBank
 
 ROTATION_ANGLES = tuple(range(0, 360, 45))
 AUGMENTS = ("none", "rotate")
@@ -168,49 +169,57 @@ def distance_map(distances: torch.Tensor, grid: tuple[int, int], out_grid: int, 
     return gaussian_smooth(resized, smoothing_sigma(sigma_px, out_grid, smooth_size))[0]
 
 
-@dataclass
-class DinoBank:
-    """Reference patches of one class from a DINOv2 backbone, with the foreground PCA fitted on them."""
-
-    patches: torch.Tensor  # (M, D) L2-normalised, rotated copies included
-    pca: ForegroundPCA
-    meta: dict  # vision_backbone, vision_weights_id, vision_size, augment_refs, n_images, ...
+FEATURE = "dinov2"  # the `feature` a DINOv2 reference bank records
 
 
-def build_dino_bank(backbone, images: Sequence, augment: str = "rotate", mask_threshold: float = MASK_THRESHOLD,
-                    meta: dict | None = None) -> DinoBank:
-    """Patch tokens of good reference images (PIL), one image at a time (memory flat in their number);
-    with `augment="rotate"` each also at 45°, …, 315°. The PCA sees the un-rotated references."""
+def build_dino_bank(backbone, images: Sequence, augment: str = "rotate", meta: dict | None = None) -> MemoryBank:
+    """Good reference images (PIL) -> a MemoryBank whose one "scale" (the DINOv2 input size) holds
+    their L2-normalised patch tokens, with `augment="rotate"` also those of the 45°, …, 315°
+    rotations; `arrays` keeps the un-rotated raw tokens and each image's grid, from which the
+    foreground PCA is fitted (`foreground_pca`), so that banks joined with `MemoryBank.concat`
+    give the PCA of all their references. One image at a time: memory flat in their number."""
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, not {augment!r}")
+    if not images:
+        raise ValueError("no reference images")
     angles = ROTATION_ANGLES if augment == "rotate" else (0,)
     patches, raw, grids = [], [], []
     p = backbone.patch_size
     for image in images:
         pixels = backbone.preprocess(image)[None]
-        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
-        tokens = backbone.encode(rotate_images(pixels, angles) if len(angles) > 1 else pixels)  # (A, N, D), angle 0 first
-        raw.append(tokens[0])
-        grids.append(grid)
-        patches.append(F.normalize(tokens.flatten(0, 1), dim=-1))
-    if not patches:
-        raise ValueError("no reference images")
-    info = {"vision_backbone": backbone.model_name, "vision_pretrained": backbone.pretrained,
-            "vision_weights_id": backbone.weights_id, "vision_size": backbone.size, "augment_refs": augment,
-            "n_images": len(raw)}
-    return DinoBank(patches=torch.cat(patches), pca=ForegroundPCA.fit(raw, grids, mask_threshold), meta={**info, **(meta or {})})
+        grids.append((pixels.shape[-2] // p, pixels.shape[-1] // p))
+        tokens = backbone.encode(rotate_images(pixels, angles) if len(angles) > 1 else pixels)  # (A, N, D), 0° first
+        raw.append(tokens[0].cpu())
+        patches.append(F.normalize(tokens.flatten(0, 1), dim=-1).cpu())
+    info = {"model": backbone.model_name, "weights_id": backbone.weights_id, "feature": FEATURE,
+            "pretrained": backbone.pretrained, "augment_refs": augment, "n_images": len(raw)}
+    return MemoryBank(patches={backbone.size: torch.cat(patches)}, meta={**info, **(meta or {})},
+                      arrays={"tokens": torch.cat(raw), "grids": torch.tensor(grids, dtype=torch.int64)})
 
 
-def score_images(backbone, bank: DinoBank, images: Sequence, masked: bool, out_grid: int,
-                 sigma_px: float = SMOOTH_SIGMA) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query images (PIL) -> (maps (B, G, G) smoothed distances, scores (B,) mean of the top 1 %).
+def foreground_pca(bank: MemoryBank, threshold: float = MASK_THRESHOLD) -> ForegroundPCA:
+    """The foreground PCA of a DINOv2 bank's un-rotated reference tokens."""
+    grids = [tuple(int(v) for v in g) for g in bank.arrays["grids"]]
+    tokens = torch.split(bank.arrays["tokens"], [h * w for h, w in grids])
+    return ForegroundPCA.fit(tokens, grids, threshold)
 
-    Distances are 1 − cos, so maps and scores lie in [0, 2] (in practice well below 1)."""
+
+def score_images(backbone, bank: MemoryBank, images: Sequence, pca: ForegroundPCA | None, out_grid: int,
+                 sigma_px: float = SMOOTH_SIGMA, smooth_size: int = SMOOTH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query images (PIL) -> (maps (B, G, G) smoothed distances, scores (B,) mean of the top 1 %);
+    `pca`: the foreground PCA to mask with, None = no mask. Distances are 1 − cos: in [0, 2]."""
+    return score_tokens(backbone.encode_images(images), bank.patches[backbone.size].to(backbone.device), pca,
+                        out_grid, sigma_px, smooth_size)
+
+
+def score_tokens(encoded: Sequence[tuple[torch.Tensor, tuple[int, int]]], bank_patches: torch.Tensor,
+                 pca: ForegroundPCA | None, out_grid: int, sigma_px: float = SMOOTH_SIGMA,
+                 smooth_size: int = SMOOTH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """`score_images` from encoded queries: per image (raw tokens (N, D), grid (h, w))."""
     maps, scores = [], []
-    bank_patches = bank.patches.to(backbone.device)
-    for tokens, grid in backbone.encode_images(images):
-        foreground = bank.pca.mask(tokens, grid).flatten() if masked else None
+    for tokens, grid in encoded:
+        foreground = pca.mask(tokens, grid).flatten() if pca is not None else None
         d = patch_distances(tokens, bank_patches, foreground)
         scores.append(mean_top_fraction(d[None])[0])
-        maps.append(distance_map(d, grid, out_grid, sigma_px))
+        maps.append(distance_map(d, grid, out_grid, sigma_px, smooth_size))
     return torch.stack(maps), torch.stack(scores)
