@@ -63,7 +63,7 @@ def measure(model: str, shots: int, n_images: int, augment: str, size: int, devi
     if cuda:
         torch.cuda.synchronize()
     per_image, cpu_per_image = (time.perf_counter() - t) / n_images, (time.process_time() - c) / n_images
-    bank_bytes = sum(t.numel() * t.element_size() for t in (*bank.patches.values(), *bank.arrays.values()))
+    bank_bytes = sum(x.numel() * x.element_size() for x in (*bank.patches.values(), *bank.arrays.values()))
     out = {"model": model, "shots": shots, "augment": augment, "model_s": round(t_model, 2),
            "bank_s": round(t_bank, 3), "bank_cpu_s": round(c_bank, 2),
            "per_image_s": round(per_image, 3), "per_image_cpu_s": round(cpu_per_image, 3),
