@@ -46,8 +46,8 @@ ScalesOpt = Annotated[str, typer.Option("--scales", help="Segmentation input siz
 ClsScaleOpt = Annotated[int, typer.Option("--cls-scale", help="Input size for the image-level (CLS) classification.")]
 ClsPromptsOpt = Annotated[Optional[list[str]], typer.Option("--cls-prompts", help="Prompt banks for classification: shipped names or JSON paths (ours or the official FADE format), comma-separated or repeated. Default: winclip.", show_default=False)]
 SegPromptsOpt = Annotated[Optional[list[str]], typer.Option("--seg-prompts", help="Prompt banks for segmentation. Default: winclip,fade-llm.", show_default=False)]
-MultOpt = Annotated[Optional[float], typer.Option("--vision-multiplier", help="Calibration factor m of the vision map. Default: 80 zero-shot, 3.5 few-shot.", show_default=False)]
-WeightOpt = Annotated[Optional[float], typer.Option("--vision-weight", min=0.0, max=1.0, help="Weight w of the vision map: map = (1-w)*language + w*m*vision. Default: 0.5 zero-shot, 0.85 few-shot.", show_default=False)]
+MultOpt = Annotated[Optional[float], typer.Option("--vision-multiplier", help="Calibration factor m of the vision map. Default: 80 zero-shot, 3.5 few-shot (dino: 1).", show_default=False)]
+WeightOpt = Annotated[Optional[float], typer.Option("--vision-weight", min=0.0, max=1.0, help="Weight w of the vision map: map = (1-w)*language + w*m*vision. Default: 0.5 zero-shot, 0.85 few-shot (dino: 0.85).", show_default=False)]
 VisFeatOpt = Annotated[Optional[str], typer.Option("--vision-feature", help="Patch features for vision guidance: gem or clip. Default: gem zero-shot, clip few-shot.", show_default=False)]
 SegModeOpt = Annotated[str, typer.Option("--segmentation-mode", help="language, vision or both.")]
 ClsModeOpt = Annotated[str, typer.Option("--classification-mode", help="language, vision (needs references) or both.")]
@@ -75,6 +75,12 @@ MultiShapeOpt = Annotated[Optional[bool], typer.Option("--multi-shape/--no-multi
 SmoothOpt = Annotated[Optional[float], typer.Option("--smooth", min=0.0, metavar="SIGMA", help="FiLo: Gaussian smoothing of the final map, σ in pixels of the 448 px evaluation map (eval: of --eval-size); 0 = off. Default: 4 with --method filo, else 0.", show_default=False, rich_help_panel=FILO_PANEL)]
 FgMatchingOpt = Annotated[Optional[bool], typer.Option("--fg-matching/--no-fg-matching", help="FiLo++: few-shot vision scores count only inside the estimated object (no effect zero-shot). Default: on with --method filo.", show_default=False, rich_help_panel=FILO_PANEL)]
 PromptFilterOpt = Annotated[Optional[str], typer.Option("--prompt-filter", help="alfa: per-image prompt filter: alfa (contextual score > 0, the default), filo (FiLo++ overlap interval) or none.", show_default=False)]
+DINO_PANEL = "DINOv2 vision bank (--method dino, AnomalyDINO-style; few-shot)"
+VisionBackboneOpt = Annotated[Optional[str], typer.Option("--vision-backbone", help="dino: timm DINOv2 model for the vision bank: vit_small_patch14_dinov2 (ViT-S/14, the default) or vit_base_patch14_dinov2 (ViT-B/14).", show_default=False, rich_help_panel=DINO_PANEL)]
+VisionPretrainedOpt = Annotated[Optional[str], typer.Option("--vision-pretrained", help="dino: timm pretrained tag (lvd142m, the default; downloaded by timm), a local .safetensors or .pt/.pth file (official DINOv2 checkpoints too), or 'none' for random weights (testing only).", show_default=False, rich_help_panel=DINO_PANEL)]
+VisionSizeOpt = Annotated[Optional[int], typer.Option("--vision-size", help="dino: short side of the DINOv2 input in pixels, a multiple of 14 (aspect kept). Default: 448.", show_default=False, rich_help_panel=DINO_PANEL)]
+AugmentRefsOpt = Annotated[Optional[str], typer.Option("--augment-refs", help="dino: rotate (each reference also at 45°, 90°, ..., 315°; the default) or none.", show_default=False, rich_help_panel=DINO_PANEL)]
+MaskOpt = Annotated[Optional[str], typer.Option("--mask", help="dino: foreground mask from the references' first principal component: auto (AnomalyDINO's classes: MVTec capsule, hazelnut, pill, screw, toothbrush and all VisA classes; the default), on or off.", show_default=False, rich_help_panel=DINO_PANEL)]
 
 
 def progress_bar(total: int, quiet: bool) -> Progress | None:

@@ -12,10 +12,10 @@ from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt, MultOpt,
-    MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt,
-    PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log,
-    progress_bar, scorer_spec, split_list,
+    AugmentRefsOpt, BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MaskOpt, MethodOpt,
+    ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt,
+    PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, VisionBackboneOpt,
+    VisionPretrainedOpt, VisionSizeOpt, WeightOpt, WindowsOpt, log, progress_bar, scorer_spec, split_list,
 )
 
 
@@ -53,6 +53,11 @@ def eval_command(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,

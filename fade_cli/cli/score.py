@@ -15,11 +15,12 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
-    Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
-    NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
-    QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
-    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
+    ActorsOpt, AugmentRefsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt,
+    DeviceOpt, EngineOpt, Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaskOpt, MaxPixelsOpt, MethodOpt,
+    ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt,
+    PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt,
+    SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, ThresholdOpt, VisFeatOpt, VisionBackboneOpt,
+    VisionPretrainedOpt, VisionSizeOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
 )
 
 
@@ -194,6 +195,11 @@ def detect(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -243,6 +249,11 @@ def segment(
     multi_shape: MultiShapeOpt = None,
     smooth: SmoothOpt = None,
     fg_matching: FgMatchingOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,

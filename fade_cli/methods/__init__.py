@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "fade": ("fade", "FADE", "FADE (default): language + vision guidance"),
     "alfa": ("alfa", "ALFA", "ALFA: run-time prompt adaptation + fine-grained aligner"),
     "filo": ("fade", "FILO", "FADE with the training-free FiLo parts"),
+    "dino": ("dino", "DINO", "FADE's language guidance + a DINOv2 few-shot vision bank (AnomalyDINO)"),
 }
 
 
