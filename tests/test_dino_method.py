@@ -14,7 +14,7 @@ from fade_cli.methods import get_method
 from fade_cli.methods.base import build_reference_bank
 from fade_cli.methods.memory import MemoryBank
 
-from conftest import TINY_CONFIG, TINY_DINO, random_image
+from conftest import TINY_DINO, random_image
 from helpers import FAST, rows, run
 
 LANG = {"scales": "32,64", "cls_scale": 32, "seg_prompts": ["winclip"]}

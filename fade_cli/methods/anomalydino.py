@@ -15,8 +15,8 @@ about the edge pixels as cv2's BORDER_DEFAULT), after resizing instead of before
 
 Foreground mask (our reading of sec. 3.2, documented in docs/methods.md): the first principal
 component is fitted once on the (un-rotated) reference patches, not per image; its sign is
-chosen so that more than 35 % of the references' central patches (20 % border cut) score above
-the threshold (10, AnomalyDINO's, in raw token units); a patch is foreground when its score
+flipped when at most 35 % of the references' central patches (20 % border cut) score above the
+threshold (10, AnomalyDINO's, in raw token units); a patch is foreground when its score
 (token − mean)·component exceeds the threshold; the mask is then dilated and closed with 3×3
 squares. `mask="auto"` follows AnomalyDINO's per-category choice: on for MVTec capsule,
 hazelnut, pill, screw, toothbrush and every VisA class, off otherwise.
@@ -127,7 +127,8 @@ class ForegroundPCA:
     threshold: float = MASK_THRESHOLD
 
     @classmethod
-    def fit(cls, tokens: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]], threshold: float = MASK_THRESHOLD) -> "ForegroundPCA":
+    def fit(cls, tokens: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]],
+            threshold: float = MASK_THRESHOLD) -> "ForegroundPCA":
         """tokens: per reference image (h·w, D) raw patch tokens, with its grid (h, w)."""
         x = torch.cat(list(tokens)).double()
         mean = x.mean(dim=0)
