@@ -127,7 +127,7 @@ class DinoPipeline(PipelineBase):
         self.few_shot = reference_bank is not None if few_shot is None else few_shot
         self.reference_bank = reference_bank
         self.masked = ad.masking_applies(config.mask, class_name)
-        self._pca: dict[int, tuple[MemoryBank, ad.ForegroundPCA]] = {}
+        self._prepared_banks: dict[int, tuple] = {}  # id(bank) -> (bank, patches on the device, PCA)
         if reference_bank is not None:
             self.bank_layout.check(reference_bank, backbone)
 
@@ -188,13 +188,14 @@ class DinoPipeline(PipelineBase):
                                                   gem_iterations=lang.gem_iterations)
         return DinoEmbeddings(clip=clip, dino=self.dino.encode_images(images))
 
-    def _foreground(self, bank: MemoryBank) -> ad.ForegroundPCA | None:
-        if not self.masked:
-            return None
-        hit = self._pca.get(id(bank))
+    def _prepared(self, bank: MemoryBank) -> tuple[torch.Tensor, ad.ForegroundPCA | None]:
+        """The bank's patches on the DINOv2 device and its foreground PCA (None: no mask), once per bank:
+        on a GPU the patches cross from the host once, not per batch."""
+        hit = self._prepared_banks.get(id(bank))
         if hit is None or hit[0] is not bank:
-            hit = self._pca[id(bank)] = (bank, ad.foreground_pca(bank, self.options.mask_threshold))
-        return hit[1]
+            pca = ad.foreground_pca(bank, self.options.mask_threshold) if self.masked else None
+            hit = self._prepared_banks[id(bank)] = (bank, bank.patches[self.dino.size].to(self.dino.device), pca)
+        return hit[1], hit[2]
 
     def score(self, embeddings: DinoEmbeddings, reference_bank: MemoryBank | None = None) -> list[Result]:
         """Scores and fused maps (module docstring); `reference_bank` overrides the pipeline's."""
@@ -205,8 +206,8 @@ class DinoPipeline(PipelineBase):
         if reference_bank is not None:
             self.bank_layout.check(reference_bank, self.backbone)
         grid = max(lang.seg_scales) // self.backbone.patch_size  # FADE's output grid
-        vision, q = ad.score_tokens(embeddings.dino, bank.patches[self.dino.size].to(self.dino.device),
-                                    self._foreground(bank), grid, cfg.smooth_sigma, cfg.smooth_size)
+        patches, pca = self._prepared(bank)
+        vision, q = ad.score_tokens(embeddings.dino, patches, pca, grid, cfg.smooth_sigma, cfg.smooth_size)
         m, w = cfg.vision_multiplier, cfg.vision_weight
         vision, vis_score = (m * vision).to(self.backbone.device), (m * q).to(self.backbone.device)
 
