@@ -137,6 +137,61 @@ def test_bad_options_are_one_line_usage_errors():
             method.options({**LANG, **VISION, **values})
 
 
+@pytest.mark.parametrize("class_name", ["bottle", "screw"])
+def test_image_path_stays_on_the_model_device(tiny_backbone, tmp_path, monkeypatch, refs, queries, class_name):
+    """As tests/test_device_placement.py does for FADE: both models on a fake CUDA device
+    (FakeTensorMode raises on mixed devices), bank built there, everything reaching to_results
+    on CUDA. Values cannot be read there, so the foreground PCA (screw: mask on) is fitted from
+    the CPU run's bank, and the scipy smoothing is replaced by a device check."""
+    import copy
+    import dataclasses
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fade_cli.methods import dino as dino_module
+    from fade_cli.methods import filo as filo_module
+    from fade_cli.methods.dino import DinoPipeline, _language_only
+    from fade_cli.methods.fade import FadePipeline
+    from fade_cli.prompts.text import TextEncoderCache
+
+    cpu = dino_pipeline(tiny_backbone, class_name)
+    options = cpu.options
+    # the CPU run fills the text cache the fake-CUDA run reads
+    FadePipeline.from_config(tiny_backbone, _language_only(options.language), class_name,
+                             text_cache=TextEncoderCache(tiny_backbone, tmp_path))
+    cpu_bank = cpu.embed_references(refs)
+    pca = ad.foreground_pca(cpu_bank)
+    reached, smoothed = [], []
+
+    def check_on_device(score, maps, language=None, vision=None, per_image=None):
+        reached.append({k: t.device.type for k, t in dict(score=score, maps=maps, language=language, vision=vision).items()})
+        return []
+
+    def smooth_on_device(maps, sigma):
+        smoothed.append(maps.device.type)
+        return maps
+
+    monkeypatch.setattr(dino_module, "to_results", check_on_device)
+    monkeypatch.setattr(filo_module, "gaussian_smooth", smooth_on_device)
+    monkeypatch.setattr(ad, "foreground_pca", lambda bank, threshold=ad.MASK_THRESHOLD: pca)
+    clip_model, dino_model = copy.deepcopy(tiny_backbone.model), copy.deepcopy(cpu.dino.model)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake_clip = dataclasses.replace(tiny_backbone, model=clip_model.to("cuda"), device=torch.device("cuda"))
+        fake_clip._fingerprint = tiny_backbone.weights_id
+        fake_dino = dataclasses.replace(cpu.dino, model=dino_model.to("cuda"), device=torch.device("cuda"))
+        fake_dino._fingerprint = cpu.dino.weights_id  # the fingerprint reads weight values
+        cache = TextEncoderCache(fake_clip, tmp_path)
+        language = FadePipeline.from_config(fake_clip, _language_only(options.language), class_name, text_cache=cache)
+        assert cache.hits and not cache.misses
+        pipe = DinoPipeline(fake_clip, options, class_name, language, dino=fake_dino)
+        bank = pipe.embed_references(refs)  # rotations and forwards on the device
+        pipe.use_reference_bank(bank)
+        assert pipe(queries) == []
+    (seen,) = reached
+    assert set(seen.values()) == {"cuda"}, seen
+    assert set(smoothed) == {"cuda"} and len(smoothed) == len(queries)
+
+
 # ---- CLI -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

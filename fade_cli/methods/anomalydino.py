@@ -187,7 +187,7 @@ def build_dino_bank(backbone, images: Sequence, augment: str = "rotate", meta: d
     patches, raw, grids = [], [], []
     p = backbone.patch_size
     for image in images:
-        pixels = backbone.preprocess(image)[None]
+        pixels = backbone.preprocess(image)[None].to(backbone.device)  # rotated on the device
         grids.append((pixels.shape[-2] // p, pixels.shape[-1] // p))
         tokens = backbone.encode(rotate_images(pixels, angles) if len(angles) > 1 else pixels)  # (A, N, D), 0° first
         raw.append(tokens[0].cpu())
