@@ -28,7 +28,7 @@ from ..errors import MemoryBankError, UsageError
 from ..model.backbone import preprocess_scales
 from ..model.dino import DEFAULT_VISION_SIZE, DINO_MODELS, DinoBackbone, load_dino_backbone
 from . import anomalydino as ad
-from .base import PipelineBase, PromptSet, Result, parse_scales, split_list, to_results
+from .base import BankLayout, PipelineBase, PromptSet, Result, parse_scales, split_list, to_results
 from .fade import FADE, FadeConfig, FadePipeline
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank
@@ -88,16 +88,18 @@ def shared_dino_backbone(name: str, pretrained: str, device: str, size: int, dty
     return load_dino_backbone(name, pretrained, device, size, dtype)
 
 
-class DinoBankLayout:
-    """A DINOv2 reference bank: the tokens at the vision input size, built and checked with the
-    method's own DINOv2 backbone (the CLIP backbone callers pass is not used)."""
+@dataclass(frozen=True)
+class DinoBankLayout(BankLayout):
+    """A DINOv2 reference bank: the tokens at the vision input size (`scales`), feature "dinov2",
+    built and checked with the method's own DINOv2 backbone (the CLIP backbone callers pass is
+    not used)."""
 
-    feature = ad.FEATURE
+    dino: DinoBackbone | None = field(default=None, compare=False)
+    augment: str = "rotate"
 
-    def __init__(self, dino: DinoBackbone, augment: str):
-        self.dino = dino
-        self.augment = augment
-        self.scales = (dino.size,)
+    @classmethod
+    def of(cls, dino: DinoBackbone, augment: str) -> "DinoBankLayout":
+        return cls(scales=(dino.size,), feature=ad.FEATURE, dino=dino, augment=augment)
 
     def check(self, bank: MemoryBank, backbone=None) -> None:
         """MemoryBankError (one line) unless `bank` holds this backbone's DINOv2 tokens at this size."""
@@ -166,7 +168,7 @@ class DinoPipeline(PipelineBase):
 
     @property
     def bank_layout(self) -> DinoBankLayout:
-        return DinoBankLayout(self.dino, self.options.augment_refs)
+        return DinoBankLayout.of(self.dino, self.options.augment_refs)
 
     def few_shot_variant(self) -> "DinoPipeline":
         return DinoPipeline(self.backbone, self.options, self.class_name, self.language, few_shot=True, dino=self._dino)
@@ -290,7 +292,7 @@ class DinoMethod:
         dev = resolve_device(device)
         dino = shared_dino_backbone(options.vision_backbone, options.vision_pretrained, str(dev), options.vision_size,
                                     _precision_dtype(precision, dev))
-        return DinoBankLayout(dino, options.augment_refs)
+        return DinoBankLayout.of(dino, options.augment_refs)
 
 
 DINO = DinoMethod()
