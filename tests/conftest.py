@@ -8,6 +8,7 @@ import numpy as np
 import open_clip
 import pytest
 from PIL import Image
+from timm.models import register_model
 
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "fade-tiny.json"
@@ -38,3 +39,15 @@ def image_dir(tmp_path: Path) -> Path:
     for i in range(3):
         random_image(i, (72 + 8 * i, 56)).save(d / f"img{i}.png")
     return d
+
+
+# A tiny timm DINOv2 ViT (2 blocks, width 48, patch 14), registered with timm so that the CLI
+# can build it by name, as open_clip builds fade-tiny.
+TINY_DINO = "fade_tiny_patch14_dinov2"
+
+
+@register_model
+def fade_tiny_patch14_dinov2(pretrained: bool = False, **kwargs):
+    from timm.models.vision_transformer import vit_small_patch14_dinov2
+
+    return vit_small_patch14_dinov2(pretrained=False, **{"depth": 2, "embed_dim": 48, "num_heads": 3, "img_size": 112, **kwargs})

@@ -17,11 +17,13 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg, MaxPixelsOpt,
-    MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt,
-    PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt,
-    SmoothOpt, VerboseOpt, WeightOpt, WindowsOpt, log, parse_scales, report_skipped, scorer_spec,
+    AugmentRefsOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg,
+    MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt,
+    PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt,
+    ShotsOpt, SmoothOpt, VerboseOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt, WeightOpt, WindowsOpt, log,
+    parse_scales, report_skipped, scorer_spec,
 )
+
 
 
 bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot memory banks).", no_args_is_help=True)
@@ -61,6 +63,10 @@ def bank_build(
     fg_matching: FgMatchingOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bank file.")] = False,
     quiet: QuietOpt = False,
@@ -72,7 +78,8 @@ def bank_build(
     scales, feature kind and fade version; it is read without pickle. With 2 or more images it
     also calibrates: each reference is scored against a bank of the others with the method and
     settings given here (use the same ones with --bank), and the bank keeps those normal
-    scores for `--threshold auto` (docs/calibration.md)."""
+    scores for `--threshold auto` (docs/calibration.md). With --method dino it holds DINOv2
+    patch tokens and records the DINOv2 backbone and its weights' fingerprint."""
     method_values = {k: v for k, v in locals().items() if k != "ctx"}
     method_values["vision_feature"] = feature  # the bank's patches are the few-shot vision feature
     from dataclasses import replace
@@ -110,12 +117,23 @@ def bank_build(
             loaded.append(load_image(p, max_pixels))
         except ImageError as exc:
             raise UsageError(f"{p}: {exc}") from None
+    own_layout = getattr(get_method(method), "bank_layout", None)  # a method with its own vision backbone
+    if own_layout is not None and not (calibrate and len(loaded) >= 2):
+        # nothing to score: the bank is built without loading the CLIP model
+        layout = own_layout(spec.options, device, precision)
+        result = layout.embed(None, loaded, meta={"class": class_name, "images": [str(p) for p in paths]})
+        result.save(output)
+        log(quiet, f"wrote {output}: {len(paths)} image(s), {result.meta.get('model')} {layout.feature} patches "
+                   f"at {', '.join(map(str, layout.scales))} px")
+        return
     backbone = load_spec_backbone(spec)
     cache = TextEncoderCache(backbone, cache_dir, enabled=not no_cache)
     pipeline = build_pipeline(spec, backbone, text_cache=cache, few_shot=True)
-    layout = pipeline.bank_layout  # plus every --scales scale, as banks always held
-    layout = replace(layout, scales=tuple(sorted(set(layout.scales) | set(parse_scales(scales)))))
-    for s in layout.scales:
+    layout = pipeline.bank_layout
+    clip_patches = layout.feature in ("clip", "gem")  # CLIP patches: plus every --scales scale, as banks always held
+    if clip_patches:
+        layout = replace(layout, scales=tuple(sorted(set(layout.scales) | set(parse_scales(scales)))))
+    for s in layout.scales if clip_patches else ():
         backbone.check_scale(s)
     result = layout.embed(backbone, loaded, meta={"class": class_name, "pretrained": pretrained,
                                                    "images": [str(p) for p in paths]})
@@ -141,6 +159,8 @@ def bank_info(bank: Annotated[Path, typer.Argument(help="A bank file from `fade 
     loaded = MemoryBank.load(bank)
     info = {k: v for k, v in loaded.meta.items() if k != "images"}
     info["patches"] = {str(s): list(t.shape) for s, t in sorted(loaded.patches.items())}
+    if loaded.arrays:
+        info["arrays"] = {name: list(t.shape) for name, t in sorted(loaded.arrays.items())}
     info["images"] = loaded.meta.get("images", [])
     cal = NormalScores.of_bank(loaded)
     if cal is not None:

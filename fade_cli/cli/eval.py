@@ -12,7 +12,8 @@ from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    LanguageWeightOpt, LayersOpt, LowestFractionOpt, MuscScaleOpt, RscinWindowsOpt, RValuesOpt, SubsetSizeOpt,
+    AugmentRefsOpt, LanguageWeightOpt, LayersOpt, LowestFractionOpt, MaskOpt, MuscScaleOpt, RscinWindowsOpt,
+    RValuesOpt, SubsetSizeOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt,
     BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, FiloScoreOpt, MethodOpt, ModelOpt,
     MultOpt, MultiShapeGridOpt, MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt,
     PretrainedOpt, PromptFilterOpt, QuietOpt, RidgeOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt,
@@ -66,6 +67,11 @@ def eval_command(
     language_weight: LanguageWeightOpt = 0.0,
     subset_size: SubsetSizeOpt = 200,
     filo_score: FiloScoreOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,

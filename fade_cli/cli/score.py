@@ -20,7 +20,8 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    LanguageWeightOpt, LayersOpt, LowestFractionOpt, MuscScaleOpt, RscinWindowsOpt, RValuesOpt, SubsetSizeOpt,
+    AugmentRefsOpt, LanguageWeightOpt, LayersOpt, LowestFractionOpt, MaskOpt, MuscScaleOpt, RscinWindowsOpt,
+    RValuesOpt, SubsetSizeOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt,
     ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
     Failures, FgMatchingOpt, FiloScoreOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt,
     MultiShapeGridOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, OverwriteOpt, PositionsOpt,
@@ -273,6 +274,11 @@ def detect(
     language_weight: LanguageWeightOpt = 0.0,
     subset_size: SubsetSizeOpt = 200,
     filo_score: FiloScoreOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -339,6 +345,11 @@ def segment(
     language_weight: LanguageWeightOpt = 0.0,
     subset_size: SubsetSizeOpt = 200,
     filo_score: FiloScoreOpt = None,
+    vision_backbone: VisionBackboneOpt = None,
+    vision_pretrained: VisionPretrainedOpt = None,
+    vision_size: VisionSizeOpt = None,
+    augment_refs: AugmentRefsOpt = None,
+    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,

@@ -90,7 +90,7 @@ def leave_one_out(pipeline, images: Sequence[Image.Image], paths: Sequence[Path]
     n = len(images)
     if n < 2:
         raise CalibrationError("leave-one-out calibration needs at least 2 reference images")
-    if int(bank.meta.get("n_images", 0)) != n or any(t.shape[0] % n for t in bank.patches.values()):
+    if int(bank.meta.get("n_images", 0)) != n or any(t.shape[0] % n for t in [*bank.patches.values(), *bank.arrays.values()]):
         raise CalibrationError(f"the reference bank does not hold {n} images' patches in order")
     image_scores, pixels = [], []
     for i, img in enumerate(images):
@@ -103,14 +103,17 @@ def leave_one_out(pipeline, images: Sequence[Image.Image], paths: Sequence[Path]
 
 
 def bank_without(bank, i: int, n: int):
-    """`bank` (n images, equal patch counts per image and scale) without image i's patches."""
+    """`bank` (n images, equal patch counts per image and scale) without image i's patches (and
+    its rows of the bank's per-image `arrays`)."""
     import torch
 
-    patches = {}
-    for scale, t in bank.patches.items():
+    def without(t):
         per = t.shape[0] // n
-        patches[scale] = torch.cat([t[: i * per], t[(i + 1) * per:]])
-    return type(bank)(patches=patches, meta=dict(bank.meta, n_images=n - 1))
+        return torch.cat([t[: i * per], t[(i + 1) * per:]])
+
+    # per-image arrays a method keeps with its bank (rows in reference order) are sliced alike
+    return type(bank)(patches={scale: without(t) for scale, t in bank.patches.items()},
+                      meta=dict(bank.meta, n_images=n - 1), arrays={k: without(t) for k, t in bank.arrays.items()})
 
 
 def _normal_scores(image_scores, pixels, pipeline, class_name, paths, how) -> NormalScores:

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "alfa": ("alfa", "ALFA", "ALFA: run-time prompt adaptation + fine-grained aligner"),
     "filo": ("fade", "FILO", "FADE with the training-free FiLo parts"),
     "musc": ("musc_batch", "MUSC", "MuSc: zero-shot mutual scoring of the images of a batch (no prompts, no references)"),
+    "dino": ("dino", "DINO", "FADE's language guidance + a DINOv2 few-shot vision bank (AnomalyDINO)"),
 }
 
 

@@ -52,8 +52,11 @@ class MemoryBank:
     patches: dict[int, torch.Tensor]  # scale -> (M, D), L2-normalised
     meta: dict = field(default_factory=dict)  # model, weights_id, weights_fingerprint, feature, class, images, fade version
     # arrays a higher layer keeps with the bank, saved and loaded as they are (decisions: the
-    # references' leave-one-out normal scores); never named scale_* or meta_json
+    # references' leave-one-out normal scores); never named scale_*, array_* or meta_json
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # other per-image tensors a method keeps with its bank (rows in reference order, joined by
+    # `concat`), e.g. the DINOv2 method's raw tokens for its foreground PCA; saved as array_*
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def has_fingerprint(self) -> bool:
@@ -97,16 +100,20 @@ class MemoryBank:
         for b in banks[1:]:
             if sorted(b.patches) != sorted(first.patches) or b.meta.get("feature") != first.meta.get("feature"):
                 raise MemoryBankError("cannot join reference banks of different scales or features")
+            if sorted(b.arrays) != sorted(first.arrays):
+                raise MemoryBankError("cannot join reference banks holding different arrays")
         patches = {s: torch.cat([b.patches[s] for b in banks]) for s in first.patches}
+        arrays = {k: torch.cat([b.arrays[k] for b in banks]) for k in first.arrays}
         meta = dict(first.meta, n_images=sum(int(b.meta.get("n_images", 1)) for b in banks))
-        return cls(patches=patches, meta=meta)
+        return cls(patches=patches, meta=meta, arrays=arrays)
 
     def save(self, path: Path) -> None:
         """Write atomically: a half-written bank never appears under `path`."""
         arrays = {f"scale_{s}": t.detach().cpu().float().numpy() for s, t in self.patches.items()}
+        arrays.update({f"array_{k}": t.detach().cpu().numpy() for k, t in self.arrays.items()})
         meta = dict(self.meta, format=BANK_FORMAT, scales=sorted(self.patches))
         arrays["meta_json"] = np.array(json.dumps(meta))
-        arrays.update({k: v for k, v in self.extra_arrays.items() if not k.startswith("scale_") and k != "meta_json"})
+        arrays.update({k: v for k, v in self.extra_arrays.items() if not k.startswith(("scale_", "array_")) and k != "meta_json"})
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
@@ -115,11 +122,12 @@ class MemoryBank:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta_json"]))
                 patches = {int(k.removeprefix("scale_")): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("scale_")}
-                extra = {k: np.array(npz[k]) for k in npz.files if not k.startswith("scale_") and k != "meta_json"}
+                extra = {k: np.array(npz[k]) for k in npz.files if not k.startswith(("scale_", "array_")) and k != "meta_json"}
+                arrays = {k.removeprefix("array_"): torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("array_")}
         except FileNotFoundError:
             raise MemoryBankError(f"{path}: no such file") from None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise MemoryBankError(f"{path}: not a fade reference bank ({exc.__class__.__name__})") from None
         if meta.get("format") != BANK_FORMAT:
             raise MemoryBankError(f"{path}: bank format {meta.get('format')} is not supported by this fade (reads {BANK_FORMAT})")
-        return cls(patches=patches, meta=meta, extra_arrays=extra)
+        return cls(patches=patches, meta=meta, extra_arrays=extra, arrays=arrays)

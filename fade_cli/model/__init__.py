@@ -1,1 +1,1 @@
-"""The vision-language model: the open_clip backbone wrapper and GEM (generalised attention) patch features."""
+"""The models: the open_clip backbone wrapper with GEM patch features, the DINOv2 vision backbone, the weights fingerprint."""
