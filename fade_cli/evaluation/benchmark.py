@@ -54,7 +54,7 @@ def runs_for(shots: Sequence[int], seeds: int) -> list[Run]:
 @dataclass
 class ClassResult:
     class_name: str
-    runs: list[dict] = field(default_factory=list)  # {shots, seed, references, metrics}
+    runs: list[dict] = field(default_factory=list)  # {shots, seed, references, metrics, curves}
     images: list[dict] = field(default_factory=list)  # {path, label, defect, scores: {run label: score}}
 
     def as_dict(self) -> dict:
@@ -140,7 +140,9 @@ def evaluate_class(
     mask_arr = np.stack(masks) if has_masks else None
     for entry, r in zip(result.runs, runs):
         maps = resize_map(torch.stack(grid_maps[r]).numpy(), eval_size) if has_masks else None
-        entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps).items()}
+        curves: dict = {}  # ROC and PRO points, thinned, for the report's plots
+        entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps, curves=curves).items()}
+        entry["curves"] = curves
     return result
 
 
