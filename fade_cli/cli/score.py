@@ -19,7 +19,7 @@ from .common import (
     Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
     NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
     QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
-    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
+    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, save_bytes, scorer_spec,
 )
 
 
@@ -113,6 +113,7 @@ def _run(
     if resume and manifest is None:
         raise UsageError("--resume needs --manifest FILE (or --out for segment)")
     record = None
+    settings = None
     finished: dict[str, dict] = {}
     if manifest is not None:
         settings = {"model": backbone.model_name, "weights": backbone.weights_id, "method": pipeline.method_label,
@@ -157,6 +158,9 @@ def _run(
         results.close()  # --engine ray: stops the job and a Ray instance it started
         if progress:
             progress.stop()
+        if out is not None:  # what `fade report` shows beside the manifest: settings, failed inputs
+            save_bytes(out / "run.json", json.dumps({"settings": settings, "fingerprint": record.fingerprint if record else None,
+                                                     "images": len(items), "failures": failures.lines}, indent=1, default=str).encode())
     ok = len(items) - failures.count
     log(quiet, f"{ok} ok, {failures.count} failed")
     return 1 if failures.count else 0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
-from ..metrics import roc_curve
+from ..data.io import atomic_write
+from ..evaluation.metrics import roc_curve
 from .page import file_url, render_page
 from .results import _thumb, thumbs_dir_for
 from .svg import Series, line_chart

@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import FadeError
-from ..io import atomic_write, load_image
+from ..data.io import atomic_write, load_image
 from .page import file_url, render_page
 
 MANIFEST = "manifest.jsonl"
@@ -137,7 +137,7 @@ def _image_entry(row: dict, name: str, page_dir: Path, thumbs: Path, jobs: list)
     if isinstance(row.get("regions"), list):
         entry["regions"] = row["regions"]
     entry["fields"] = {k: v for k, v in row.items()
-                       if k not in ("path", "input", "outputs", "regions", "score", "anomalous", "settings")}
+                       if k not in ("path", "input", "outputs", "regions", "score", "anomalous", "threshold", "settings")}
     return entry
 
 

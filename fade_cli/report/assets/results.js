@@ -178,6 +178,17 @@
     }
   }
 
+  // small pictures are scaled up to fill the view, large ones down; the region boxes follow the box
+  function fitDetail() {
+    const img = $("detail-img"), holder = img.parentElement;
+    if (!img.naturalWidth) return;
+    const room = Math.max(200, holder.clientWidth), tall = Math.max(200, window.innerHeight * 0.78);
+    const scale = Math.min(room / img.naturalWidth, tall / img.naturalHeight);
+    const svg = $("detail-svg");
+    svg.style.width = img.style.width = Math.round(img.naturalWidth * scale) + "px";
+    svg.style.height = img.style.height = Math.round(img.naturalHeight * scale) + "px";
+  }
+
   function drawRegions() {
     const im = images[state.current], svg = $("detail-svg"), img = $("detail-img");
     svg.textContent = "";
@@ -185,6 +196,9 @@
     if (!regions.length || !img.naturalWidth || !$("detail-boxes").checked) return;
     svg.setAttribute("viewBox", "0 0 " + img.naturalWidth + " " + img.naturalHeight);
     const ns = "http://www.w3.org/2000/svg";
+    const unit = img.naturalWidth / Math.max(1, img.clientWidth);  // picture pixels per screen pixel
+    svg.style.fontSize = (12 * unit) + "px";
+    svg.style.strokeWidth = (3 * unit) + "px";
     regions.forEach((r, k) => {
       if (!Array.isArray(r.bbox) || r.bbox.length !== 4) return;
       const [x0, y0, x1, y1] = r.bbox.map(Number);
@@ -192,7 +206,7 @@
       rect.setAttribute("x", x0); rect.setAttribute("y", y0);
       rect.setAttribute("width", Math.max(1, x1 - x0)); rect.setAttribute("height", Math.max(1, y1 - y0));
       const text = document.createElementNS(ns, "text");
-      text.setAttribute("x", x0 + 2); text.setAttribute("y", Math.max(12, y0 - 3));
+      text.setAttribute("x", x0 + 2 * unit); text.setAttribute("y", Math.max(12 * unit, y0 - 3 * unit));
       text.textContent = String(k + 1);
       svg.append(rect, text);
     });
@@ -279,7 +293,8 @@
   for (const b of document.querySelectorAll("[data-detail-view]")) {
     b.addEventListener("click", () => { state.detailView = b.dataset.detailView; showDetailPicture(); });
   }
-  $("detail-img").addEventListener("load", drawRegions);
+  $("detail-img").addEventListener("load", () => { fitDetail(); drawRegions(); });
+  window.addEventListener("resize", fitDetail);
   $("detail-boxes").addEventListener("change", drawRegions);
   $("detail-close").addEventListener("click", closeDetail);
   $("detail-prev").addEventListener("click", () => step_(-1));
