@@ -225,13 +225,15 @@ def run_benchmark(
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
     progress: Callable[[str, int], contextlib.AbstractContextManager] | None = None,
+    write_report: bool = True,
 ) -> dict:
     """Evaluate `spec`'s method (an engines.runner.ScorerSpec; its class name is replaced per class)
     on every class (default: all found) for each shot count (0 = zero-shot) and `seeds` seeds.
 
     Returns {"settings", "summary", "classes"} as written to OUT/results.json, and writes OUT/
-    results.csv, OUT/per_image.csv and OUT/classes/CLASS.json (a finished class is kept by `resume`
-    when its settings are the same). `backbone` and `text_cache` default to the spec's model and a
+    results.csv, OUT/per_image.csv, OUT/classes/CLASS.json (a finished class is kept by `resume`
+    when its settings are the same; it holds the runs' ROC and PRO curve points) and, with
+    `write_report`, OUT/report.html (fade_cli.report.write_eval_report). `backbone` and `text_cache` default to the spec's model and a
     text cache in `cache_dir` (default: $FADE_CACHE_DIR or ~/.cache/fade); `log` gets progress lines; `progress(class, n_images)` is a context
     manager giving a callable to call once per image."""
     from dataclasses import replace
@@ -289,10 +291,15 @@ def run_benchmark(
         say(f"{name}: {len(split.test)} test images, {seconds:.1f} s ({seconds / len(split.test):.2f} s/image)")
         results.append(record)
     summary = summarize(results, runs)
-    report = {"settings": settings, "summary": summary,
-              "classes": [{k: v for k, v in r.items() if k != "images"} for r in results]}
+    report = {"settings": settings, "summary": summary,  # curves stay in the class records: results.json stays short
+              "classes": [{k: v for k, v in r.items() if k != "images"}
+                          | {"runs": [{k: v for k, v in run.items() if k != "curves"} for run in r["runs"]]} for r in results]}
     _save_json(out / "results.json", report)
     write_csvs(out, results)
+    if write_report:
+        from ..report import write_eval_report
+
+        say(f"wrote {write_eval_report(out, summary, results, settings)}")
     return report
 
 

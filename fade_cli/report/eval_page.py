@@ -156,3 +156,21 @@ def write_eval_report(out_dir: Path | str, summary: dict, class_results: list[di
     html = render_page("eval", title, {"kind": "eval"}, body)
     atomic_write(page, lambda fh: fh.write(html.encode("utf-8")))
     return page
+
+
+def rebuild_eval_report(eval_dir: Path | str, page: Path | str | None = None) -> Path:
+    """report.html again from a finished `fade eval --out DIR` folder (results.json and classes/*.json)."""
+    import json
+
+    from .results import ReportError
+
+    eval_dir = Path(eval_dir)
+    try:
+        results = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
+        records = [json.loads((eval_dir / "classes" / f"{c['class']}.json").read_text(encoding="utf-8"))
+                   for c in results["classes"]]
+    except FileNotFoundError as exc:
+        raise ReportError(f"{exc.filename}: missing; is {eval_dir} a complete `fade eval --out` folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ReportError(f"{eval_dir}: results.json or a class record is not what `fade eval` writes ({exc})") from None
+    return write_eval_report(eval_dir, results["summary"], records, results.get("settings"), page=page)
