@@ -188,3 +188,19 @@ def test_eval_report_has_table_curves_and_worst_cases(tmp_path, with_curves):
     assert re.findall(r'alt="([^"]+)"', fn_block) == worst_fn
     for src in re.findall(r'<img loading="lazy" src="([^"]+)"', text):
         assert (page.parent / unquote(src)).is_file()
+
+
+def test_eval_report_is_rebuilt_from_an_eval_folder(tmp_path):
+    from fade_cli.report import rebuild_eval_report
+
+    summary, crs, settings, _ = eval_folder(tmp_path)
+    out = tmp_path / "eval"
+    (out / "classes").mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"settings": settings, "summary": summary,
+                                                  "classes": [{"class": "widget", "runs": []}]}))
+    with pytest.raises(ReportError, match=r"widget\.json: missing"):
+        rebuild_eval_report(out)
+    (out / "classes" / "widget.json").write_text(json.dumps(crs[0]))
+    page = rebuild_eval_report(out, tmp_path / "again.html")
+    assert page == tmp_path / "again.html" and "Image ROC" in page.read_text()
+    assert (tmp_path / "again_files").is_dir()
