@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.io import atomic_write
 from ..evaluation.metrics import roc_curve
 from .page import file_url, render_page
-from .results import _thumb, thumbs_dir_for
+from .results import _thumb, thumbs_dir_for, write_page
 from .svg import Series, line_chart
 
 METRIC_NAMES = {"image_auroc": "AUROC", "image_aupr": "AUPR", "image_f1_max": "F1-max",
@@ -147,14 +146,12 @@ def write_eval_report(out_dir: Path | str, summary: dict, class_results: list[di
                                        "eval_size", "fade_version") if k in settings}
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in shown.items())
     sections.append(f'<details id="settings"><summary>Settings</summary><table>{rows}</table></details>')
-    thumbs.mkdir(parents=True, exist_ok=True)
     for job in dict.fromkeys(jobs):  # a picture shown twice is made once
         _thumb(*job)
     title = f"fade eval: {settings.get('method', '?')} on {settings.get('dataset', out_dir.name)}"
     body = (f'<header><h1>{escape(title)}</h1><p class="muted">{escape(str(out_dir.absolute()))} · written '
             f'{time.strftime("%Y-%m-%d %H:%M:%S")}</p></header><main>{"".join(sections)}</main>')
-    html = render_page("eval", title, {"kind": "eval"}, body)
-    atomic_write(page, lambda fh: fh.write(html.encode("utf-8")))
+    write_page(page, render_page("eval", title, {"kind": "eval"}, body))
     return page
 
 

@@ -82,6 +82,13 @@ def read_run(results_dir: Path) -> tuple[list[dict], dict]:
     return rows, record
 
 
+def write_page(page: Path, html: str) -> None:
+    try:
+        atomic_write(page, lambda fh: fh.write(html.encode("utf-8")))
+    except OSError as exc:
+        raise ReportError(f"{page}: cannot write ({exc.strerror})") from None
+
+
 def default_page_path(results_dir: Path) -> Path:
     return Path(results_dir) / "report.html"
 
@@ -160,7 +167,10 @@ def build_report(results_dir: Path | str, out: Path | str | None = None, *, titl
     for entry in images:  # outputs moved or deleted since the run: say so instead of a broken picture
         if "thumb" not in entry:
             entry["missing"] = "overlay file missing"
-    thumbs.mkdir(parents=True, exist_ok=True)
+    try:
+        thumbs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"{thumbs}: cannot create ({exc.strerror})") from None
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 2)) as pool:
         outcomes = list(pool.map(lambda job: _thumb(*job), jobs))  # PIL decodes outside the GIL
     thresholds = [float(r["threshold"]) for r in rows if isinstance(r.get("threshold"), (int, float))]
@@ -177,7 +187,6 @@ def build_report(results_dir: Path | str, out: Path | str | None = None, *, titl
         "images": images,
         "failed": failed,
     }
-    html = render_page("results", data["title"], data)
-    atomic_write(page, lambda fh: fh.write(html.encode("utf-8")))
+    write_page(page, render_page("results", data["title"], data))
     return ReportStats(page, len(images), len(failed), outcomes.count("made"), outcomes.count("kept"),
                        time.perf_counter() - t0)
