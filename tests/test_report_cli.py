@@ -79,3 +79,27 @@ def test_report_rebuilds_an_eval_folders_page(capsys, monkeypatch, tmp_path):
     (ev / "classes" / "widget.json").write_text(json.dumps(crs[0]))
     code, stdout, stderr = run(capsys, monkeypatch, "report", str(ev))
     assert code == 0 and stdout.strip() == str(ev / "report.html") and "Image ROC" in (ev / "report.html").read_text()
+
+
+@pytest.mark.parametrize("with_cwd", [True, False])
+def test_relative_output_paths_resolve_from_any_folder(capsys, monkeypatch, tmp_path, with_cwd):
+    from urllib.parse import unquote
+
+    from conftest import random_image
+
+    work = tmp_path / "work"
+    (work / "imgs").mkdir(parents=True)
+    random_image(0).save(work / "imgs" / "a.png")
+    monkeypatch.chdir(work)
+    code, stdout, _ = run(capsys, monkeypatch, "segment", "imgs", "--out", "res", "-q", *FAST, cache=tmp_path / "cache")
+    assert code == 0 and not Path(rows(stdout)[0]["outputs"]["overlay"]).is_absolute()
+    if not with_cwd:  # a run.json without `cwd`: the folder is told by the rows' input and path
+        record = json.loads((work / "res" / "run.json").read_text())
+        del record["cwd"]
+        (work / "res" / "run.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run(capsys, monkeypatch, "report", "work/res", "-q")
+    assert code == 0
+    (image,) = page_data(work / "res" / "report.html")["images"]
+    for key in ("overlay", "mask", "input", "thumb"):
+        assert (work / "res" / unquote(image[key])).is_file(), key

@@ -160,7 +160,7 @@ def _run(
             progress.stop()
         if out is not None:  # what `fade report` shows beside the manifest: settings, failed inputs
             save_bytes(out / "run.json", json.dumps({"settings": settings, "fingerprint": record.fingerprint if record else None,
-                                                     "images": len(items), "failures": failures.lines}, indent=1, default=str).encode())
+                                                     "cwd": str(Path.cwd()), "images": len(items), "failures": failures.lines}, indent=1, default=str).encode())
     ok = len(items) - failures.count
     log(quiet, f"{ok} ok, {failures.count} failed")
     return 1 if failures.count else 0

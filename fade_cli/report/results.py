@@ -125,16 +125,31 @@ def _display_names(paths: list[str]) -> list[str]:
     return [os.path.relpath(p, base) if base else p for p in paths]
 
 
-def _image_entry(row: dict, name: str, page_dir: Path, thumbs: Path, jobs: list) -> dict:
-    outputs = row.get("outputs") or {}
+def _run_folder(row: dict, record: dict) -> Path | None:
+    """The working folder of the run that wrote `row`: relative output paths are relative to it.
+
+    run.json names it; older runs' rows still tell it, as `input` (absolute) ends with `path`."""
+    if record.get("cwd"):
+        return Path(record["cwd"])
+    given, absolute = Path(row.get("path", "")), Path(row.get("input", ""))
+    if given.is_absolute() or not absolute.is_absolute() or len(absolute.parts) <= len(given.parts):
+        return None
+    base = absolute.parents[len(given.parts) - 1]
+    return base if base / given == absolute else None
+
+
+def _image_entry(row: dict, name: str, page_dir: Path, thumbs: Path, jobs: list, record: dict) -> dict:
+    base = _run_folder(row, record)
+    outputs = {k: (base / v if base is not None and not Path(v).is_absolute() else Path(v))
+               for k, v in (row.get("outputs") or {}).items() if v}
     source = Path(row.get("input") or row["path"])
     key = hashlib.sha1(str(source).encode()).hexdigest()[:16]
     entry = {"name": name, "score": float(row["score"])}
     for kind in ("overlay", "mask", "map"):
-        if outputs.get(kind):
-            entry[kind] = file_url(Path(outputs[kind]), page_dir)
+        if kind in outputs:
+            entry[kind] = file_url(outputs[kind], page_dir)
     entry["input"] = file_url(source, page_dir)
-    overlay = Path(outputs["overlay"]) if outputs.get("overlay") else None
+    overlay = outputs.get("overlay")
     if overlay is not None and overlay.is_file():
         jobs.append((overlay, thumbs / f"{key}.o.jpg", False))
         entry["thumb"] = file_url(thumbs / f"{key}.o.jpg", page_dir)
@@ -162,7 +177,7 @@ def build_report(results_dir: Path | str, out: Path | str | None = None, *, titl
     rows.sort(key=lambda r: -float(r["score"]))
     names = _display_names([r.get("input") or r["path"] for r in rows])
     jobs: list = []
-    images = [_image_entry(r, n, page_dir, thumbs, jobs) for r, n in zip(rows, names)]
+    images = [_image_entry(r, n, page_dir, thumbs, jobs, record) for r, n in zip(rows, names)]
     failed = [{"name": f.get("input", "?"), "error": f.get("error", "")} for f in record.get("failures", [])]
     for entry in images:  # outputs moved or deleted since the run: say so instead of a broken picture
         if "thumb" not in entry:
