@@ -248,7 +248,7 @@
     if (card) card.focus();
   }
 
-  function step_(delta) {
+  function moveDetail(delta) {
     const pos = visibleOrder.indexOf(state.current);
     if (pos < 0 || !visibleOrder.length) return;
     const next = visibleOrder[(pos + delta + visibleOrder.length) % visibleOrder.length];
@@ -297,14 +297,14 @@
   window.addEventListener("resize", fitDetail);
   $("detail-boxes").addEventListener("change", drawRegions);
   $("detail-close").addEventListener("click", closeDetail);
-  $("detail-prev").addEventListener("click", () => step_(-1));
-  $("detail-next").addEventListener("click", () => step_(1));
+  $("detail-prev").addEventListener("click", () => moveDetail(-1));
+  $("detail-next").addEventListener("click", () => moveDetail(1));
   $("detail").addEventListener("click", (ev) => { if (ev.target === $("detail")) closeDetail(); });
   document.addEventListener("keydown", (ev) => {
     if (state.current < 0) return;
     if (ev.key === "Escape") closeDetail();
-    else if (ev.key === "ArrowLeft") step_(-1);
-    else if (ev.key === "ArrowRight") step_(1);
+    else if (ev.key === "ArrowLeft") moveDetail(-1);
+    else if (ev.key === "ArrowRight") moveDetail(1);
   });
 
   setThreshold(state.threshold, null);
