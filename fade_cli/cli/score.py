@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..data.io import DEFAULT_MAX_PIXELS, Manifest, common_base, expand_inputs, load_image
+from ..data.io import DEFAULT_MAX_PIXELS, Manifest, atomic_write, common_base, expand_inputs, load_image
 from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -19,7 +19,7 @@ from .common import (
     Failures, FgMatchingOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt,
     NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt,
     QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt,
-    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, save_bytes, scorer_spec,
+    ThresholdOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, progress_bar, reference_paths, scorer_spec,
 )
 
 
@@ -159,8 +159,10 @@ def _run(
         if progress:
             progress.stop()
         if out is not None:  # what `fade report` shows beside the manifest: settings, failed inputs
-            save_bytes(out / "run.json", json.dumps({"settings": settings, "fingerprint": record.fingerprint if record else None,
-                                                     "cwd": str(Path.cwd()), "images": len(items), "failures": failures.lines}, indent=1, default=str).encode())
+            run_record = json.dumps({"settings": settings, "fingerprint": record.fingerprint if record else None,
+                                     "cwd": str(Path.cwd()), "images": len(items), "failures": failures.lines},
+                                    indent=1, default=str).encode()
+            atomic_write(out / "run.json", lambda fh: fh.write(run_record))
     ok = len(items) - failures.count
     log(quiet, f"{ok} ok, {failures.count} failed")
     return 1 if failures.count else 0
