@@ -8,9 +8,10 @@ import fade_cli
 
 PACKAGE = Path(fade_cli.__file__).parent
 # bottom to top; a module may import its own layer and the ones before it
-LAYERS = ["errors", "data", "model", "prompts", "methods", "decisions", "evaluation", "engines", "cli"]
-# evaluation runs pipelines through the runner's ScorerSpec / build_pipeline (engines is a peer)
-ALLOWED_UPWARD = {("evaluation", "engines")}
+LAYERS = ["errors", "data", "model", "prompts", "methods", "decisions", "evaluation", "report", "engines", "cli"]
+# evaluation runs pipelines through the runner's ScorerSpec / build_pipeline (engines is a peer);
+# run_benchmark ends by writing its report page (report reads evaluation's outputs: a peer too)
+ALLOWED_UPWARD = {("evaluation", "engines"), ("evaluation", "report")}
 
 
 def _layer(module: str) -> str | None:

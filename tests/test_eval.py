@@ -53,6 +53,14 @@ def test_eval_tables_files_and_resume(capsys, monkeypatch, demo, tmp_path):
     assert mean["n"] == 3
     assert mean["mean"] == pytest.approx(np.mean(per_seed), abs=1e-4) and mean["std"] == pytest.approx(np.std(per_seed), abs=1e-4)
     assert len({r["metrics"]["pixel_auroc"] for r in by_class["tiles"]["runs"] if r["shots"] == 1}) > 1  # seeds differ
+    # report.html: the table's values, curves from the class records, worst cases as thumbnails
+    page = (out / "report.html").read_text()
+    assert f"{by_class['tiles']['runs'][0]['metrics']['pro']:.1f}" in page
+    assert page.count("<svg") == 3 * 3 and "Pixel ROC" in page and "PRO (to 30 % FPR)" in page  # 3 shot counts
+    assert len(list((out / "report_files").glob("*.jpg"))) > 0
+    assert all("curves" not in r for r in by_class["tiles"]["runs"])  # results.json stays small
+    ckpt = json.loads((out / "classes" / "tiles.json").read_text())
+    assert set(ckpt["runs"][0]["curves"]) == {"image_roc", "pixel_roc", "pro"}
     saved = list((out / "maps").rglob("*.npy"))
     assert len(saved) == 2 * 9 * 7 and np.load(saved[0]).shape == (64, 64)
     # --resume keeps finished classes

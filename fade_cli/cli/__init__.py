@@ -4,7 +4,7 @@ Exit status: 0 every image processed, 1 some inputs failed (one stderr line each
 or set-up errors (bad options, model or prompt bank cannot load), 130 interrupted.
 Results go to stdout as JSON lines; logs and progress go to stderr.
 
-One module per command group (score: detect + segment, eval, bank, prompts, explain, demo);
+One module per command group (score: detect + segment, eval, bank, prompts, explain, demo, report);
 `app` is the typer application, `main` the console entry point.
 """
 
@@ -21,7 +21,7 @@ from rich.console import Console
 from .. import __version__
 from ..data.inputs import shown
 from ..errors import FadeError
-from . import bank, calibrate, demo, explain, prompts, score
+from . import bank, calibrate, demo, explain, prompts, report, score
 from . import eval as eval_commands
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.add_typer(bank.bank_app, name="bank")
 app.command("calibrate")(calibrate.calibrate_command)
 app.command()(explain.explain)
 app.add_typer(prompts.prompts_app, name="prompts")
+app.command()(report.report)
 
 
 def _version(value: bool) -> None:

@@ -26,9 +26,11 @@ class Failures:
 
     def __init__(self) -> None:
         self.count = 0
+        self.lines: list[dict] = []  # {input, error}, for segment's run.json (the review page lists them)
 
     def report(self, path: Path | str, reason: str) -> None:
         self.count += 1
+        self.lines.append({"input": str(path), "error": reason})
         print(f"fade: {shown(path)}: {reason}", file=sys.stderr, flush=True)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..data.inputs import scan_inputs, shown
-from ..data.io import DEFAULT_MAX_PIXELS, Manifest, load_image
+from ..data.io import DEFAULT_MAX_PIXELS, Manifest, atomic_write, load_image
 from ..data.outputs import common_base, prepare_writes
 from ..decisions.formats import row_writer
 from ..errors import ImageError, UsageError
@@ -164,6 +164,7 @@ def _score(
                         min_region_area=min_region_area, stems=stems, **decided)
     threshold, pixel_threshold = output.threshold, output.pixel_threshold
     record = None
+    settings = None
     finished: dict[str, dict] = {}
     if manifest is not None:
         settings = {"model": backbone.model_name, "weights": backbone.weights_id, "method": pipeline.method_label,
@@ -224,6 +225,11 @@ def _score(
         results.close()  # --engine ray: stops the job and a Ray instance it started
         if progress:
             progress.stop()
+        if out is not None:  # what `fade report` shows beside the manifest: settings, failed inputs
+            run_record = json.dumps({"settings": settings, "fingerprint": record.fingerprint if record else None,
+                                     "cwd": str(Path.cwd()), "images": len(items), "failures": failures.lines},
+                                    indent=1, default=str).encode()
+            atomic_write(out / "run.json", lambda fh: fh.write(run_record))
     ok = len(items) - failures.count
     log(quiet, f"{ok} ok, {failures.count} failed")
     return 1 if failures.count else 0

@@ -56,7 +56,7 @@ def runs_for(shots: Sequence[int], seeds: int) -> list[Run]:
 @dataclass
 class ClassResult:
     class_name: str
-    runs: list[dict] = field(default_factory=list)  # {shots, seed, references, metrics}
+    runs: list[dict] = field(default_factory=list)  # {shots, seed, references, metrics, curves}
     images: list[dict] = field(default_factory=list)  # {path, label, defect, scores: {run label: score}}
 
     def as_dict(self) -> dict:
@@ -155,7 +155,9 @@ def evaluate_class(
     normals = _calibration_scores(zero, few, banks, result.runs, runs, split, calibration_images, eval_size, batch_size, extra)
     for entry, r in zip(result.runs, runs):
         maps = resize_map(torch.stack(grid_maps[r]).numpy(), eval_size) if has_masks else None
-        entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps).items()}
+        curves: dict = {}  # ROC and PRO points, thinned, for the report's plots
+        entry["metrics"] = {k: round(v, 4) for k, v in evaluate(y, np.asarray(scores[r]), mask_arr, maps, curves=curves).items()}
+        entry["curves"] = curves
         if r in normals:
             entry["operating_point"] = point = operating_point(false_alarm_rate, *normals[r], scores[r], y, maps, mask_arr)
             if "image" in point:
@@ -274,13 +276,15 @@ def run_benchmark(
     progress: Callable[[str, int], contextlib.AbstractContextManager] | None = None,
     calibration_images: int = 50,
     false_alarm_rate: float = 0.01,
+    write_report: bool = True,
 ) -> dict:
     """Evaluate `spec`'s method (an engines.runner.ScorerSpec; its class name is replaced per class)
     on every class (default: all found) for each shot count (0 = zero-shot) and `seeds` seeds.
 
     Returns {"settings", "summary", "classes"} as written to OUT/results.json, and writes OUT/
-    results.csv, OUT/per_image.csv and OUT/classes/CLASS.json (a finished class is kept by `resume`
-    when its settings are the same). `backbone` and `text_cache` default to the spec's model and a
+    results.csv, OUT/per_image.csv, OUT/classes/CLASS.json (a finished class is kept by `resume`
+    when its settings are the same; it holds the runs' ROC and PRO curve points) and, with
+    `write_report`, OUT/report.html (fade_cli.report.write_eval_report). `backbone` and `text_cache` default to the spec's model and a
     text cache in `cache_dir` (default: $FADE_CACHE_DIR or ~/.cache/fade); `log` gets progress lines; `progress(class, n_images)` is a context
     manager giving a callable to call once per image. `calibration_images` train/good images
     calibrate each run's thresholds at `false_alarm_rate` for its operating point (0 = off;
@@ -344,10 +348,15 @@ def run_benchmark(
         say(f"{name}: {len(split.test)} test images, {seconds:.1f} s ({seconds / len(split.test):.2f} s/image)")
         results.append(record)
     summary = summarize(results, runs)
-    report = {"settings": settings, "summary": summary,
-              "classes": [{k: v for k, v in r.items() if k != "images"} for r in results]}
+    report = {"settings": settings, "summary": summary,  # curves stay in the class records: results.json stays short
+              "classes": [{k: v for k, v in r.items() if k != "images"}
+                          | {"runs": [{k: v for k, v in run.items() if k != "curves"} for run in r["runs"]]} for r in results]}
     _save_json(out / "results.json", report)
     write_csvs(out, results)
+    if write_report:
+        from ..report import write_eval_report
+
+        say(f"wrote {write_eval_report(out, summary, results, settings)}")
     return report
 
 

@@ -282,14 +282,19 @@ def evaluate(
     masks: np.ndarray | None = None,
     maps: np.ndarray | None = None,
     fpr_limit: float = 0.3,
+    curves: dict | None = None,
 ) -> dict[str, float]:
     """All table metrics of one class, in percent.
 
     labels/scores: (N,) image labels (1 = anomalous) and scores. masks/maps: (N, H, W) at the
     evaluation size (see `resize_mask`, `resize_map`); with them, the pixel metrics are added.
+    `curves`, if given, receives the curves behind them, thinned for plotting (`curve_points`):
+    image_roc and pixel_roc {fpr, tpr}, pro {fpr, pro} for FPR up to `fpr_limit`.
     """
     y, s = _pair(labels, scores, "image")
     counts = _threshold_counts(y, s)
+    if curves is not None:
+        curves["image_roc"] = _roc_points(*counts)
     out = {
         "image_auroc": 100.0 * _auroc(*counts),
         "image_aupr": 100.0 * _aupr(*counts),
@@ -309,9 +314,47 @@ def evaluate(
     tps = np.cumsum(m.ravel()[order], dtype=np.int64)[ends]
     pixel_counts = (tps, ends + 1 - tps)
     out["pixel_auroc"] = 100.0 * _auroc(*pixel_counts)
+    if curves is not None:
+        curves["pixel_roc"] = _roc_points(*pixel_counts)
     out["pixel_f1_max"] = 100.0 * _f1_max(*pixel_counts)
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     fprs, pros = _pro_curve(m, a, (order, ends))
     out["pro"] = 100.0 * _area_to_limit(fprs, pros, fpr_limit) / fpr_limit
+    if curves is not None:
+        k = int(np.searchsorted(fprs, fpr_limit, side="right"))  # fprs[:k] <= limit, as the area
+        x, y_pro = fprs[:k], pros[:k]
+        if k < fprs.size and x[-1] < fpr_limit:  # end at the limit, PRO interpolated as in the area
+            y_lim = pros[k - 1] + (pros[k] - pros[k - 1]) * (fpr_limit - fprs[k - 1]) / (fprs[k] - fprs[k - 1])
+            x, y_pro = np.append(x, fpr_limit), np.append(y_pro, y_lim)
+        fx, fy = curve_points(x, y_pro)
+        curves["pro"] = {"fpr": fx, "pro": fy}
     return out
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    """The image-level ROC curve {fpr, tpr} from (0, 0) to (1, 1), thinned for plotting."""
+    return _roc_points(*_threshold_counts(*_pair(labels, scores, "image")))
+
+
+def _roc_points(tps: np.ndarray, fps: np.ndarray) -> dict[str, list[float]]:
+    fpr = np.concatenate(([0.0], fps / fps[-1]))
+    tpr = np.concatenate(([0.0], tps / tps[-1]))
+    x, y = curve_points(fpr, tpr)
+    return {"fpr": x, "tpr": y}
+
+
+def curve_points(x: np.ndarray, y: np.ndarray, n: int = 100, digits: int = 5) -> tuple[list[float], list[float]]:
+    """A monotone curve (x non-decreasing, y non-decreasing) thinned to about 2n points for plots.
+
+    Kept: the first and last point at each of n+1 even steps of x and of y, so vertical and
+    horizontal runs (ROC staircases) keep their corners; short curves are kept whole."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size > 2 * n + 2:
+        keep = [0, x.size - 1]
+        for values in (x, y):
+            grid = np.linspace(values[0], values[-1], n + 1)
+            keep += [np.searchsorted(values, grid, side="left"), np.searchsorted(values, grid, side="right") - 1]
+        idx = np.unique(np.clip(np.concatenate([np.atleast_1d(k) for k in keep]), 0, x.size - 1))
+        x, y = x[idx], y[idx]
+    return np.round(x, digits).tolist(), np.round(y, digits).tolist()
