@@ -136,3 +136,26 @@ def test_run_benchmark_is_a_library_call_with_the_clis_numbers(capsys, monkeypat
                           str(tmp_path / "cli"), *FAST, cache=tmp_path / "cache")
     assert code == 0, stderr
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["summary"] == report["summary"]
+
+
+# FiLo's smoothing is measured on the evaluation map (--eval-size) and detect's 448 px map: off here
+@pytest.mark.parametrize("method", [[], ["--method", "filo", "--smooth", "0"]])
+def test_eval_few_shot_runs_score_as_detect_with_those_references(capsys, monkeypatch, demo, tmp_path, method):
+    """A k-shot eval run is FADE's few-shot preset (clip patches, m = 3.5, w = 0.85), exactly as
+    `detect --refs` with the run's references: not the zero-shot settings carried over."""
+    monkeypatch.setenv("FADE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    code, _, err = run(capsys, monkeypatch, "eval", str(demo), "--dataset", "mvtec", "--classes", "tiles", "--shots", "1",
+                       "--seeds", "1", "--calibration-images", "0", "--out", str(out), *FAST, *method)
+    assert code == 0, err
+    tiles = json.loads((out / "classes" / "tiles.json").read_text())  # per-image scores of every run
+    (run_,) = [r for r in tiles["runs"] if r["shots"] == 1]
+    expected = {img["path"]: img["scores"][next(iter(img["scores"]))] for img in tiles["images"]}
+    detect_flags = [f for f in FAST if f not in ("--eval-size", "64", "-q")]
+    code, stdout, err = run(capsys, monkeypatch, "detect", *expected, "--refs", *run_["references"], "--class", "tiles",
+                            "-q", *detect_flags, *method)
+    assert code == 0, err
+    got = {r["path"]: r["score"] for r in map(json.loads, stdout.splitlines())}
+    assert got.keys() == expected.keys()
+    for path, score in expected.items():
+        assert got[path] == pytest.approx(score, abs=1e-5), path  # rounded to 6 decimals, batched products

@@ -126,6 +126,7 @@ class FadePipeline(PipelineBase):
         self.backbone = backbone
         # few_shot without a bank: the bank comes with each `score` call (evaluation over seeds)
         self.few_shot = reference_bank is not None if few_shot is None else few_shot
+        self.options = config  # as given: the few-shot variant resolves these to the few-shot preset
         self.config = config.resolved(self.few_shot)
         self.class_name = class_name
         self.cls_text = cls_text
@@ -172,13 +173,15 @@ class FadePipeline(PipelineBase):
 
     def few_shot_variant(self) -> "FadePipeline":
         """The same pipeline scoring with reference banks passed to `score` (evaluation over seeds)."""
-        return FadePipeline(self.backbone, self.config, self.class_name, self.cls_text, self.seg_text, few_shot=True,
+        # from the options as given, not the resolved zero-shot ones: unset values take the
+        # few-shot preset (clip patches, m = 3.5, w = 0.85), as `detect --refs` does
+        return FadePipeline(self.backbone, self.options, self.class_name, self.cls_text, self.seg_text, few_shot=True,
                             filo_text=self.filo_text)
 
     @property
     def bank_layout(self) -> BankLayout:
         """Scales and patch feature of the reference bank this pipeline's few-shot mode uses."""
-        few = self.config.resolved(few_shot=True) if not self.few_shot else self.config
+        few = self.options.resolved(few_shot=True) if not self.few_shot else self.config
         return BankLayout(tuple(few.seg_scales), few.vision_feature)
 
     @property
