@@ -1,7 +1,7 @@
 """Scoring files with a batch method (MuSc): subsets of the inputs instead of independent chunks.
 
 An image's score depends on the images it is scored with, so the inputs are cut into the
-method's subsets (`musc_batch.subsets`: consecutive, balanced, from the whole input list) and
+method's subsets (`methods.base.subsets`: consecutive, balanced, from the whole input list) and
 each subset is scored as one batch:
 
   embedding pass   files read ahead in threads, embedded --batch-size at a time (the same
@@ -31,7 +31,7 @@ TOO_FEW = "musc scores images against each other: this image's subset has fewer 
 
 def subset_plan(paths: Sequence[Path], subset_size: int) -> list[list[Path]]:
     """The subsets of `paths` (all inputs, in order) that a batch method scores together."""
-    from ..methods.musc_batch import subsets
+    from ..methods.base import subsets
 
     return [[paths[i] for i in part] for part in subsets(len(paths), subset_size)]
 

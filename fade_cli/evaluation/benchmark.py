@@ -169,7 +169,7 @@ def evaluate_class(
 def _scored_subsets(pipeline, samples, read, batch_size: int):
     """A batch method's (subset, {0-shot run: Results}): each subset read and embedded
     `batch_size` images at a time, then scored as a whole (`engines/subsets.py` for files)."""
-    from ..methods.musc_batch import subsets
+    from ..methods.base import subsets
 
     for part in subsets(len(samples), pipeline.options.subset_size):
         members = [samples[i] for i in part]

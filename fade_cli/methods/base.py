@@ -52,6 +52,7 @@ Options dataclasses are frozen, picklable (they travel to Ray actors inside Scor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
@@ -217,3 +218,21 @@ def bank_for_scoring(pipeline, reference_bank: MemoryBank | None) -> MemoryBank 
     if reference_bank is not None:
         pipeline.bank_layout.check(reference_bank, pipeline.backbone)
     return bank
+
+
+def subsets(n: int, size: int) -> list[range]:
+    """Subsets for a method that scores whole batches (`scores_whole_batch`; its options carry
+    `subset_size`): n inputs in order -> ⌈n/size⌉ consecutive subsets whose sizes differ by at most one.
+
+    Balanced rather than "size, size, ..., rest": no tiny last subset with few images to score
+    against, and two sizes that give the same number of subsets give the same subsets."""
+    if n == 0:
+        return []
+    count = math.ceil(n / size)
+    base, extra = divmod(n, count)
+    bounds, start = [], 0
+    for s in range(count):
+        stop = start + base + (1 if s < extra else 0)
+        bounds.append(range(start, stop))
+        start = stop
+    return bounds

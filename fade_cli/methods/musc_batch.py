@@ -16,7 +16,6 @@ before fusing, as FADE fuses its scales. The tensor steps are in `musc.py`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Sequence
 
@@ -26,6 +25,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..model.backbone import Backbone, preprocess_batch
 from . import musc
+from .base import subsets  # noqa: F401 - re-exported: MuSc's subsets are the generic ones
 from .base import PipelineBase, Result, to_results
 from .fade import FadeConfig, FadePipeline
 from .guidance import resize_map
@@ -69,23 +69,6 @@ class MuscOptions:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def subsets(n: int, size: int) -> list[range]:
-    """n inputs in order -> ⌈n/size⌉ consecutive subsets whose sizes differ by at most one.
-
-    Balanced rather than "size, size, ..., rest": no tiny last subset with few images to score
-    against, and two sizes that give the same number of subsets give the same subsets."""
-    if n == 0:
-        return []
-    count = math.ceil(n / size)
-    base, extra = divmod(n, count)
-    bounds, start = [], 0
-    for s in range(count):
-        stop = start + base + (1 if s < extra else 0)
-        bounds.append(range(start, stop))
-        start = stop
-    return bounds
 
 
 @dataclass
