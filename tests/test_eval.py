@@ -159,3 +159,18 @@ def test_eval_few_shot_runs_score_as_detect_with_those_references(capsys, monkey
     assert got.keys() == expected.keys()
     for path, score in expected.items():
         assert got[path] == pytest.approx(score, abs=1e-5), path  # rounded to 6 decimals, batched products
+
+
+def test_eval_never_replaces_an_earlier_evaluation_silently(capsys, monkeypatch, demo, tmp_path):
+    monkeypatch.setenv("FADE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    args = ["eval", str(demo), "--dataset", "mvtec", "--classes", "tiles", "--shots", "0", "--seeds", "1",
+            "--calibration-images", "0", "--out", str(out), *FAST]
+    assert run(capsys, monkeypatch, *args)[0] == 0
+    first = (out / "results.json").read_bytes()
+    code, stdout, err = run(capsys, monkeypatch, *args)
+    lines = [l for l in err.splitlines() if l.startswith("fade: error")]
+    assert code == 2 and stdout == "" and len(lines) == 1 and "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert (out / "results.json").read_bytes() == first  # untouched
+    assert run(capsys, monkeypatch, *args, "--resume")[0] == 0
+    assert run(capsys, monkeypatch, *args, "--overwrite")[0] == 0

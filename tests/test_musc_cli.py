@@ -117,7 +117,7 @@ def test_eval_zero_shot_and_refuses_shots(capsys, monkeypatch, tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["settings"]["method"] == "musc"
     assert all(0.0 <= v <= 100.0 for v in results["classes"][0]["runs"][0]["metrics"].values())
-    code, stdout, stderr = run(capsys, monkeypatch, *args, "--shots", "0,1", cache=tmp_path / "c")
+    code, stdout, stderr = run(capsys, monkeypatch, *args, "--shots", "0,1", "--overwrite", cache=tmp_path / "c")
     assert code == 2 and "--shots" in stderr and "musc" in stderr
 
 

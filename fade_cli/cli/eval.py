@@ -35,6 +35,7 @@ def eval_command(
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write every map (.npy at the evaluation size) under OUT/maps.")] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write heatmap overlays under OUT/overlays.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Keep classes already finished in OUT with the same settings.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier evaluation in OUT.")] = False,
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=0, metavar="N", help="Train/good images (spread over the class's train set; never a run's references) that calibrate each run's thresholds at --false-alarm-rate; FAR and Miss report the test-set false-alarm and miss rates there. 0 = off.")] = 50,
     false_alarm_rate: Annotated[float, typer.Option("--false-alarm-rate", metavar="RATE", help="The false-alarm rate (between 0 and 1) the thresholds are calibrated for (docs/calibration.md).")] = 0.01,
     model: ModelOpt = DEFAULT_MODEL,
@@ -79,10 +80,15 @@ def eval_command(
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
     method_values = dict(locals())
+    from ..data.inputs import shown
     from ..data.outputs import check_folder
     from ..evaluation.benchmark import markdown_table, run_benchmark
 
     check_folder(out, "--out")  # a file or a read-only folder is found now, not after the first class
+    earlier = [p for p in (out / "results.json", out / "classes") if p.exists()]
+    if earlier and not (resume or overwrite):  # an earlier evaluation is never replaced silently
+        raise UsageError(f"--out {shown(out)}: holds an earlier evaluation ({earlier[0].name}); pass --resume to keep "
+                         f"its finished classes or --overwrite to replace it")
     try:
         shot_list = sorted({int(s) for s in shots.split(",") if s.strip()})
     except ValueError:
