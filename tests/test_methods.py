@@ -115,3 +115,24 @@ def test_explain_reports_the_pipelines_fallback_when_the_filter_keeps_nothing(ca
     # the filter kept nothing; scoring then uses every prompt of each state, and explain says so
     assert res["kept"] == res["prompts"] == {"normal": 144, "anomalous": 144}  # the alfa bank, per label
     assert all(e["kept"] for state in ("normal", "anomalous") for e in res[state])
+
+
+def test_every_command_that_builds_a_method_takes_every_method_flag():
+    """Method flags are declared once (cli/common.METHOD_FLAGS) and every command that builds a
+    method takes them all, so e.g. a calibration can be made with the settings a detect run uses."""
+    import typer.main
+
+    from fade_cli.cli import app
+    from fade_cli.cli.common import METHOD_FLAGS
+    from fade_cli.methods import get_method, method_names
+
+    root = typer.main.get_command(app)
+    declared = set().union(*(get_method(n).flags for n in method_names()))
+    assert declared <= set(METHOD_FLAGS) | {"scales"}  # every method's flags have a CLI option
+    commands = {"detect": root.commands["detect"], "segment": root.commands["segment"], "eval": root.commands["eval"],
+                "calibrate": root.commands["calibrate"], "bank build": root.commands["bank"].commands["build"],
+                "prompts embed": root.commands["prompts"].commands["embed"]}
+    for name, command in commands.items():
+        params = {p.name for p in command.params}
+        wanted = set(METHOD_FLAGS) - ({"vision_feature"} if name == "bank build" else set())
+        assert wanted <= params, (name, sorted(wanted - params))

@@ -17,11 +17,9 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    AugmentRefsOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, ImagesArg,
-    MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt,
-    PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SeedOpt, SegModeOpt, SegPromptsOpt,
-    ShotsOpt, SmoothOpt, VerboseOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt, WeightOpt, WindowsOpt, log,
-    parse_scales, report_skipped, scorer_spec,
+    CacheOpt, ClassOpt, DeviceOpt, ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt, NoCacheOpt, PrecisionOpt,
+    PretrainedOpt, QuietOpt, ScalesOpt, SeedOpt, ShotsOpt, VerboseOpt, command_values, log, parse_scales,
+    report_skipped, scorer_spec, with_method_flags,
 )
 
 
@@ -30,6 +28,7 @@ bank_app = typer.Typer(help="Build and inspect saved reference banks (few-shot m
 
 
 @bank_app.command("build")
+@with_method_flags(exclude=("vision_feature",))  # its --feature names the bank's patches
 def bank_build(
     ctx: typer.Context,
     images: ImagesArg,
@@ -44,33 +43,14 @@ def bank_build(
     scales: ScalesOpt = "240,448,896",
     feature: Annotated[Optional[str], typer.Option("--feature", help="Patch features stored: clip or gem. Default: the method's few-shot vision feature (clip).", show_default=False)] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Also score each reference against the others with the method and settings given (leave-one-out) and store those normal scores, for --threshold auto.")] = True,
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    vision_multiplier: MultOpt = None,
-    vision_weight: WeightOpt = None,
-    segmentation_mode: SegModeOpt = "both",
-    classification_mode: ClsModeOpt = "both",
     method: MethodOpt = DEFAULT_METHOD,
-    windows: WindowsOpt = "2,3",
-    no_aligner: NoAlignerOpt = False,
-    no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    multi_shape: MultiShapeOpt = None,
-    smooth: SmoothOpt = None,
-    fg_matching: FgMatchingOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
-    vision_backbone: VisionBackboneOpt = None,
-    vision_pretrained: VisionPretrainedOpt = None,
-    vision_size: VisionSizeOpt = None,
-    augment_refs: AugmentRefsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing bank file.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    **method_flags,
 ) -> None:
     """Embed good reference images once and save them; reuse with `--bank FILE`.
 
@@ -80,7 +60,7 @@ def bank_build(
     settings given here (use the same ones with --bank), and the bank keeps those normal
     scores for `--threshold auto` (docs/calibration.md). With --method dino it holds DINOv2
     patch tokens and records the DINOv2 backbone and its weights' fingerprint."""
-    method_values = {k: v for k, v in locals().items() if k != "ctx"}
+    method_values = command_values(locals(), method_flags)
     method_values["vision_feature"] = feature  # the bank's patches are the few-shot vision feature
     from dataclasses import replace
 

@@ -17,11 +17,9 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, Failures, FgMatchingOpt,
-    ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt,
-    ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RefsOpt, ScalesOpt, SeedOpt,
-    SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, VisFeatOpt, WeightOpt, WindowsOpt, log, reference_paths, report_skipped,
-    scorer_spec,
+    BankOpt, BatchOpt, CacheOpt, ClassOpt, DeviceOpt, Failures, ImagesArg, MaxPixelsOpt, MethodOpt, ModelOpt,
+    NoCacheOpt, PrecisionOpt, PretrainedOpt, QuietOpt, RefsOpt, ScalesOpt, SeedOpt, ShotsOpt, command_values, log,
+    reference_paths, report_skipped, scorer_spec, with_method_flags,
 )
 
 
@@ -45,6 +43,7 @@ def describe(scores, quiet: bool, rate: float = DEFAULT_FALSE_ALARM_RATE) -> Non
                f"{t.interval[0]:.2g} to {t.interval[1]:.2g} expected)")
 
 
+@with_method_flags()
 def calibrate_command(
     ctx: typer.Context,
     images: ImagesArg,
@@ -59,35 +58,19 @@ def calibrate_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    vision_multiplier: MultOpt = None,
-    vision_weight: WeightOpt = None,
-    vision_feature: VisFeatOpt = None,
-    segmentation_mode: SegModeOpt = "both",
-    classification_mode: ClsModeOpt = "both",
     method: MethodOpt = DEFAULT_METHOD,
-    windows: WindowsOpt = "2,3",
-    no_aligner: NoAlignerOpt = False,
-    no_rtp: NoRtpOpt = False,
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    multi_shape: MultiShapeOpt = None,
-    smooth: SmoothOpt = None,
-    fg_matching: FgMatchingOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     quiet: QuietOpt = False,
+    **method_flags,
 ) -> None:
     """Score good images (that no reference bank holds) with a method and its settings, and
     write their image scores and a sample of their pixel scores to a JSON file: the normal
     scores `--threshold auto --calibration FILE` calibrates from. Zero-shot by default; with
     --refs or --bank, held-out scores against those references."""
-    method_values = {k: v for k, v in locals().items() if k != "ctx"}
+    method_values = command_values(locals(), method_flags)
     from ..decisions.normals import score_normals
     from ..engines.runner import build_pipeline, load_spec_backbone
     from ..prompts.text import TextEncoderCache

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import json
 import math
 import sys
@@ -135,6 +138,71 @@ LowestFractionOpt = Annotated[float, typer.Option("--lowest-fraction", help="mus
 RscinWindowsOpt = Annotated[str, typer.Option("--rscin-windows", help="musc: RsCIN window sizes k (each image's k most similar images by CLS embedding, itself included), comma-separated; none = no re-ranking. MuSc: 1,2,3 for MVTec-AD, 1,8,9 for VisA.", rich_help_panel=MUSC_PANEL)]
 LanguageWeightOpt = Annotated[float, typer.Option("--language-weight", help="musc: weight w of FADE's language map and score (--scales, --cls-scale, --seg-prompts shape them): map = (1-w)*mutual + w*language. 0: MuSc alone, no language pass.", rich_help_panel=MUSC_PANEL)]
 SubsetSizeOpt = Annotated[int, typer.Option("--subset-size", help="musc: images scored together; more inputs are cut, in order, into subsets of balanced size. Scoring costs N^2 per subset; memory about 15 MB per image at the defaults.", rich_help_panel=MUSC_PANEL)]
+
+
+# Every method's flags, declared once: the commands that build a method take them all
+# (`with_method_flags`), and `scorer_spec` hands each method the ones it declares; a flag of
+# another method given on the command line is refused there. A new method adds its flags here.
+METHOD_FLAGS: dict[str, tuple[object, object]] = {
+    "cls_scale": (ClsScaleOpt, 240),
+    "cls_prompts": (ClsPromptsOpt, None),
+    "seg_prompts": (SegPromptsOpt, None),
+    "vision_multiplier": (MultOpt, None),
+    "vision_weight": (WeightOpt, None),
+    "vision_feature": (VisFeatOpt, None),
+    "segmentation_mode": (SegModeOpt, "both"),
+    "classification_mode": (ClsModeOpt, "both"),
+    "windows": (WindowsOpt, "2,3"),
+    "no_aligner": (NoAlignerOpt, False),
+    "no_rtp": (NoRtpOpt, False),
+    "ridge": (RidgeOpt, None),
+    "prompt_filter": (PromptFilterOpt, None),
+    "positions": (PositionsOpt, None),
+    "object_prior": (ObjectPriorOpt, None),
+    "multi_shape": (MultiShapeOpt, None),
+    "multi_shape_grid": (MultiShapeGridOpt, None),
+    "smooth": (SmoothOpt, None),
+    "fg_matching": (FgMatchingOpt, None),
+    "filo_score": (FiloScoreOpt, None),
+    "musc_scale": (MuscScaleOpt, 512),
+    "layers": (LayersOpt, None),
+    "r_values": (RValuesOpt, "1,3,5"),
+    "lowest_fraction": (LowestFractionOpt, 0.3),
+    "rscin_windows": (RscinWindowsOpt, "1,2,3"),
+    "language_weight": (LanguageWeightOpt, 0.0),
+    "subset_size": (SubsetSizeOpt, 200),
+    "vision_backbone": (VisionBackboneOpt, None),
+    "vision_pretrained": (VisionPretrainedOpt, None),
+    "vision_size": (VisionSizeOpt, None),
+    "augment_refs": (AugmentRefsOpt, None),
+    "mask": (MaskOpt, None),
+}
+
+
+def with_method_flags(*, exclude: tuple[str, ...] = ()):
+    """Decorator: the command also takes every METHOD_FLAGS option (but `exclude`), passed to it
+    in its `**method_flags`. Typer reads the signature and annotations set here."""
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)  # Annotated[...] objects, not strings
+        params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        extra = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+                 for name, (annotation, default) in METHOD_FLAGS.items() if name not in exclude]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            return command(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*params, *extra])
+        wrapper.__annotations__ = {p.name: p.annotation for p in [*params, *extra]
+                                   if p.annotation is not inspect.Parameter.empty}
+        return wrapper
+
+    return decorate
+
+
+def command_values(local_vars: dict, method_flags: dict) -> dict:
+    """A command's parameter values, its method flags included (for `scorer_spec`)."""
+    return {**{k: v for k, v in local_vars.items() if k not in ("ctx", "method_flags")}, **method_flags}
 
 
 def progress_bar(total: int, quiet: bool) -> Progress | None:

@@ -12,15 +12,12 @@ from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    AugmentRefsOpt, LanguageWeightOpt, LayersOpt, LowestFractionOpt, MaskOpt, MuscScaleOpt, RscinWindowsOpt,
-    RValuesOpt, SubsetSizeOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt,
-    BatchOpt, CacheOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, FiloScoreOpt, MethodOpt, ModelOpt,
-    MultOpt, MultiShapeGridOpt, MultiShapeOpt, NoAlignerOpt, NoRtpOpt, ObjectPriorOpt, PositionsOpt, PrecisionOpt,
-    PretrainedOpt, PromptFilterOpt, QuietOpt, RidgeOpt, ScalesOpt, SegPromptsOpt, SmoothOpt, VisFeatOpt, WeightOpt,
-    WindowsOpt, log, progress_bar, scorer_spec, split_list,
+    BatchOpt, CacheOpt, DeviceOpt, MethodOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, ScalesOpt,
+    command_values, log, progress_bar, scorer_spec, split_list, with_method_flags,
 )
 
 
+@with_method_flags()
 def eval_command(
     ctx: typer.Context,
     root: Annotated[Path, typer.Argument(help="Dataset root (MVTec-AD, VisA, or a folder with good/ bad/ [masks/] [train/]).")],
@@ -43,43 +40,14 @@ def eval_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    vision_multiplier: MultOpt = None,
-    vision_weight: WeightOpt = None,
-    vision_feature: VisFeatOpt = None,
-    windows: WindowsOpt = "2,3",
-    no_aligner: NoAlignerOpt = False,
-    no_rtp: NoRtpOpt = False,
-    ridge: RidgeOpt = None,
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    multi_shape: MultiShapeOpt = None,
-    multi_shape_grid: MultiShapeGridOpt = None,
-    smooth: SmoothOpt = None,
-    fg_matching: FgMatchingOpt = None,
-    musc_scale: MuscScaleOpt = 512,
-    layers: LayersOpt = None,
-    r_values: RValuesOpt = "1,3,5",
-    lowest_fraction: LowestFractionOpt = 0.3,
-    rscin_windows: RscinWindowsOpt = "1,2,3",
-    language_weight: LanguageWeightOpt = 0.0,
-    subset_size: SubsetSizeOpt = 200,
-    filo_score: FiloScoreOpt = None,
-    vision_backbone: VisionBackboneOpt = None,
-    vision_pretrained: VisionPretrainedOpt = None,
-    vision_size: VisionSizeOpt = None,
-    augment_refs: AugmentRefsOpt = None,
-    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
+    **method_flags,
 ) -> None:
     """Reproduce the papers' tables: per-class image AUROC/AUPR/F1-max, pixel AUROC/F1-max and PRO,
     mean ± std over seeds, as a Markdown table on stdout and JSON/CSV files under --out."""
-    method_values = dict(locals())
+    method_values = command_values(locals(), method_flags)
     from ..data.inputs import shown
     from ..data.outputs import check_folder
     from ..evaluation.benchmark import markdown_table, run_benchmark

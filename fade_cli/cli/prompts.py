@@ -16,9 +16,8 @@ from ..errors import UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, FgMatchingOpt, MethodOpt, ModelOpt,
-    ObjectPriorOpt, PositionsOpt, PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, ScalesOpt, SegModeOpt,
-    SegPromptsOpt, WindowsOpt, log,
+    CacheOpt, ClassOpt, DeviceOpt, MethodOpt, ModelOpt, PrecisionOpt, PretrainedOpt, QuietOpt, ScalesOpt,
+    command_values, log, with_method_flags,
 )
 
 
@@ -125,6 +124,7 @@ def prompts_generate(
 
 
 @prompts_app.command("embed")
+@with_method_flags()
 def prompts_embed(
     ctx: typer.Context,
     banks: Annotated[Optional[list[str]], typer.Argument(help="Bank names or paths to pre-embed for --class, in the method's text frame(s). Default: every prompt the method uses for --class.", show_default=False)] = None,
@@ -135,18 +135,9 @@ def prompts_embed(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    segmentation_mode: SegModeOpt = "both",
-    classification_mode: ClsModeOpt = "both",
-    windows: WindowsOpt = "2,3",
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    fg_matching: FgMatchingOpt = None,
     cache_dir: CacheOpt = None,
     quiet: QuietOpt = False,
+    **method_flags,
 ) -> None:
     """Compute and cache text embeddings before going offline or onto a new machine: every prompt
     set `--method` encodes for `--class` with these flags (the keys `fade detect` looks up), or the
@@ -157,7 +148,8 @@ def prompts_embed(
     from ..prompts.text import TextEncoderCache
     from .common import scorer_spec
 
-    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision, dict(locals()))
+    spec = scorer_spec(ctx, method, class_name, model, pretrained, device, precision,
+                       command_values(locals(), method_flags))
     sets = get_method(spec.method).prompt_sets(spec.options, class_name)
     if banks:
         loaded = [load_bank(b) for b in banks]

@@ -20,14 +20,11 @@ from ..errors import ImageError, UsageError
 from ..methods import DEFAULT_METHOD
 from ..model.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .common import (
-    AugmentRefsOpt, LanguageWeightOpt, LayersOpt, LowestFractionOpt, MaskOpt, MuscScaleOpt, RscinWindowsOpt,
-    RValuesOpt, SubsetSizeOpt, VisionBackboneOpt, VisionPretrainedOpt, VisionSizeOpt,
-    ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, ClsModeOpt, ClsPromptsOpt, ClsScaleOpt, DeviceOpt, EngineOpt,
-    Failures, FgMatchingOpt, FiloScoreOpt, ImagesArg, ManifestOpt, MaxPixelsOpt, MethodOpt, ModelOpt, MultOpt,
-    MultiShapeGridOpt, MultiShapeOpt, NoAlignerOpt, NoCacheOpt, NoRtpOpt, ObjectPriorOpt, OverwriteOpt, PositionsOpt,
-    PrecisionOpt, PretrainedOpt, PromptFilterOpt, QuietOpt, RayAddressOpt, RefsOpt, ResumeOpt, RidgeOpt, ScalesOpt,
-    SeedOpt, SegModeOpt, SegPromptsOpt, ShotsOpt, SmoothOpt, ThresholdOpt, VerboseOpt, VisFeatOpt, WeightOpt,
-    WindowsOpt, checked_number, log, progress_bar, reference_paths, refuse_references, report_skipped, scorer_spec,
+    ActorsOpt, BankOpt, BatchOpt, CacheOpt, ClassOpt, DeviceOpt, EngineOpt, Failures, ImagesArg, ManifestOpt,
+    MaxPixelsOpt, MethodOpt, ModelOpt, NoCacheOpt, OverwriteOpt, PrecisionOpt, PretrainedOpt, QuietOpt,
+    RayAddressOpt, RefsOpt, ResumeOpt, ScalesOpt, SeedOpt, ShotsOpt, ThresholdOpt, VerboseOpt, checked_number,
+    command_values, log, progress_bar, reference_paths, refuse_references, report_skipped, scorer_spec,
+    with_method_flags,
 )
 from .decide import (
     PIXEL_THRESHOLD_HELP, CalibrationOpt, FalseAlarmOpt, FormatOpt, MinRegionOpt, NormalisedOpt, check_decision_flags,
@@ -235,6 +232,7 @@ def _score(
     return 1 if failures.count else 0
 
 
+@with_method_flags()
 def detect(
     ctx: typer.Context,
     images: ImagesArg,
@@ -252,39 +250,7 @@ def detect(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    vision_multiplier: MultOpt = None,
-    vision_weight: WeightOpt = None,
-    vision_feature: VisFeatOpt = None,
-    segmentation_mode: SegModeOpt = "both",
-    classification_mode: ClsModeOpt = "both",
     method: MethodOpt = DEFAULT_METHOD,
-    windows: WindowsOpt = "2,3",
-    no_aligner: NoAlignerOpt = False,
-    no_rtp: NoRtpOpt = False,
-    ridge: RidgeOpt = None,
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    multi_shape: MultiShapeOpt = None,
-    multi_shape_grid: MultiShapeGridOpt = None,
-    smooth: SmoothOpt = None,
-    fg_matching: FgMatchingOpt = None,
-    musc_scale: MuscScaleOpt = 512,
-    layers: LayersOpt = None,
-    r_values: RValuesOpt = "1,3,5",
-    lowest_fraction: LowestFractionOpt = 0.3,
-    rscin_windows: RscinWindowsOpt = "1,2,3",
-    language_weight: LanguageWeightOpt = 0.0,
-    subset_size: SubsetSizeOpt = 200,
-    filo_score: FiloScoreOpt = None,
-    vision_backbone: VisionBackboneOpt = None,
-    vision_pretrained: VisionPretrainedOpt = None,
-    vision_size: VisionSizeOpt = None,
-    augment_refs: AugmentRefsOpt = None,
-    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -298,11 +264,13 @@ def detect(
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
     output_format: FormatOpt = "jsonl",
+    **method_flags,
 ) -> None:
     """Score images: one JSON line per image on stdout (path, class, score, anomalous, threshold, ms)."""
-    raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))
+    raise typer.Exit(_run(ctx, **command_values(locals(), method_flags)))
 
 
+@with_method_flags()
 def segment(
     ctx: typer.Context,
     images: ImagesArg,
@@ -323,39 +291,7 @@ def segment(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     scales: ScalesOpt = "240,448,896",
-    cls_scale: ClsScaleOpt = 240,
-    cls_prompts: ClsPromptsOpt = None,
-    seg_prompts: SegPromptsOpt = None,
-    vision_multiplier: MultOpt = None,
-    vision_weight: WeightOpt = None,
-    vision_feature: VisFeatOpt = None,
-    segmentation_mode: SegModeOpt = "both",
-    classification_mode: ClsModeOpt = "both",
     method: MethodOpt = DEFAULT_METHOD,
-    windows: WindowsOpt = "2,3",
-    no_aligner: NoAlignerOpt = False,
-    no_rtp: NoRtpOpt = False,
-    ridge: RidgeOpt = None,
-    prompt_filter: PromptFilterOpt = None,
-    positions: PositionsOpt = None,
-    object_prior: ObjectPriorOpt = None,
-    multi_shape: MultiShapeOpt = None,
-    multi_shape_grid: MultiShapeGridOpt = None,
-    smooth: SmoothOpt = None,
-    fg_matching: FgMatchingOpt = None,
-    musc_scale: MuscScaleOpt = 512,
-    layers: LayersOpt = None,
-    r_values: RValuesOpt = "1,3,5",
-    lowest_fraction: LowestFractionOpt = 0.3,
-    rscin_windows: RscinWindowsOpt = "1,2,3",
-    language_weight: LanguageWeightOpt = 0.0,
-    subset_size: SubsetSizeOpt = 200,
-    filo_score: FiloScoreOpt = None,
-    vision_backbone: VisionBackboneOpt = None,
-    vision_pretrained: VisionPretrainedOpt = None,
-    vision_size: VisionSizeOpt = None,
-    augment_refs: AugmentRefsOpt = None,
-    mask: MaskOpt = None,
     batch_size: BatchOpt = 1,
     cache_dir: CacheOpt = None,
     no_cache: NoCacheOpt = False,
@@ -369,8 +305,9 @@ def segment(
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
     output_format: FormatOpt = "jsonl",
+    **method_flags,
 ) -> None:
     """Score and segment images. Per image, under --out: NAME.overlay.png (heatmap over the image),
     NAME.map.npy (float32 anomaly map at the image's size, values in [0, 1]) and NAME.mask.png
     (pixels with map >= --pixel-threshold). One JSON line per image on stdout."""
-    raise typer.Exit(_run(ctx, **{k: v for k, v in locals().items() if k != "ctx"}))
+    raise typer.Exit(_run(ctx, **command_values(locals(), method_flags)))
