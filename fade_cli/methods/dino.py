@@ -28,8 +28,8 @@ from ..errors import MemoryBankError, UsageError
 from ..model.backbone import preprocess_scales
 from ..model.dino import DEFAULT_VISION_SIZE, DINO_MODELS, DinoBackbone, load_dino_backbone
 from . import anomalydino as ad
-from .base import BankLayout, PipelineBase, PromptSet, Result, parse_scales, split_list, to_results
-from .fade import FADE, FadeConfig, FadePipeline
+from .base import BankLayout, PipelineBase, PromptSet, Result, to_results
+from .fade import FADE, FadeConfig, FadePipeline, language_fields
 from .guidance import fuse_scales, language_score, to_grid
 from .memory import MemoryBank
 
@@ -252,15 +252,7 @@ class DinoMethod:
     scores_whole_batch: bool = False
 
     def options(self, values: Mapping[str, object], map_size: int = 448) -> DinoConfig:
-        defaults = FadeConfig()
-        language = FadeConfig(
-            cls_scale=int(values.get("cls_scale", defaults.cls_scale)),
-            seg_scales=parse_scales(str(values.get("scales", "240,448,896"))),
-            cls_prompts=split_list(values.get("cls_prompts")) or defaults.cls_prompts,
-            seg_prompts=split_list(values.get("seg_prompts")) or defaults.seg_prompts,
-            classification=str(values.get("classification_mode", defaults.classification)),
-            segmentation=str(values.get("segmentation_mode", defaults.segmentation)),
-        )
+        language = FadeConfig(**language_fields(values))
         pick = lambda key, default: default if values.get(key) is None else values[key]  # noqa: E731
         config = DinoConfig(
             language=language,

@@ -305,6 +305,20 @@ FADE_FLAGS = frozenset({
 })
 
 
+def language_fields(values: Mapping[str, object]) -> dict:
+    """FadeConfig's language settings from the command line's values (scales, prompts, modes):
+    FADE's own, and the language part of methods that reuse it (dino, musc)."""
+    defaults = FadeConfig()
+    return dict(
+        cls_scale=int(values.get("cls_scale", defaults.cls_scale)),
+        seg_scales=parse_scales(str(values.get("scales", "240,448,896"))),
+        cls_prompts=split_list(values.get("cls_prompts")) or defaults.cls_prompts,
+        seg_prompts=split_list(values.get("seg_prompts")) or defaults.seg_prompts,
+        classification=str(values.get("classification_mode", defaults.classification)),
+        segmentation=str(values.get("segmentation_mode", defaults.segmentation)),
+    )
+
+
 @dataclass(frozen=True)
 class FadeMethod:
     """The FADE registry entry (`filo_preset`: the FiLo parts on unless switched off, for FiLo's entry)."""
@@ -318,14 +332,8 @@ class FadeMethod:
         """FadeConfig from the command line's values (see `flags`)."""
         from .filo import resolve_switches
 
-        defaults = FadeConfig()
         config = FadeConfig(
-            cls_scale=int(values.get("cls_scale", defaults.cls_scale)),
-            seg_scales=parse_scales(str(values.get("scales", "240,448,896"))),
-            cls_prompts=split_list(values.get("cls_prompts")) or defaults.cls_prompts,
-            seg_prompts=split_list(values.get("seg_prompts")) or defaults.seg_prompts,
-            classification=str(values.get("classification_mode", defaults.classification)),
-            segmentation=str(values.get("segmentation_mode", defaults.segmentation)),
+            **language_fields(values),
             vision_feature=values.get("vision_feature"),
             vision_multiplier=values.get("vision_multiplier"),
             vision_weight=values.get("vision_weight"),
