@@ -255,6 +255,13 @@ def _restore_signal_handlers(handlers: dict) -> None:
             signal.signal(sig, handler)
 
 
+def ray_failure(exc: BaseException) -> FadeError:
+    """One error line for a Ray job that failed (the remote cause's type and last line)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    return FadeError(f"Ray job failed: {cause.__class__.__name__}: {text.splitlines()[-1] if text else ''}")
+
+
 def run_ray(
     spec: ScorerSpec,
     output: OutputSpec,
@@ -334,9 +341,7 @@ def run_ray(
     except FadeError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. an actor that cannot load the model on its node
-        cause = getattr(exc, "cause", None) or exc
-        text = str(cause).strip()
-        raise FadeError(f"Ray job failed: {cause.__class__.__name__}: {text.splitlines()[-1] if text else ''}") from None
+        raise ray_failure(exc) from None
     finally:
         if started:
             ray.shutdown()

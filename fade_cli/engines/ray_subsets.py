@@ -99,7 +99,7 @@ def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path],
                     text_cache=None, done: Collection[Path] = (), log=None,
                     quiet: bool = False) -> Iterator[Outcome]:
     """Outcomes for every path not in `done`, in input order, scored subset by subset on Ray."""
-    from .ray import _init_ray, actor_resources, require_ray
+    from .ray import _init_ray, actor_resources, ray_failure, require_ray
     from .subsets import subset_plan
 
     done = set(done)
@@ -145,9 +145,7 @@ def run_ray_subsets(spec: ScorerSpec, output: OutputSpec, paths: Sequence[Path],
     except FadeError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. an actor that cannot load the model on its node
-        cause = getattr(exc, "cause", None) or exc
-        text = str(cause).strip()
-        raise FadeError(f"Ray job failed: {cause.__class__.__name__}: {text.splitlines()[-1] if text else ''}") from None
+        raise ray_failure(exc) from None
     finally:
         if started:
             ray.shutdown()
